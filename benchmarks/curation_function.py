@@ -108,10 +108,17 @@ def kept_fractions(kept_ids: set[str], table: pd.DataFrame) -> dict:
     # a copy group = one original pediatric image and its copies; redundancy kept = extra members kept
     group = np.where(copy, table["copy_of"].fillna("").to_numpy(), ids)
     g = pd.Series(kept[ped_orig | copy]).groupby(group[ped_orig | copy]).sum()
+    sources = table["source"].to_numpy()
+    # within one source a curator cannot thin a whole source's copies or rare texts differently for
+    # the two: mismatched vs every other pair of that source (copies included) isolates "sees the noise"
+    per_source = {src: {"n_mismatched": int((noise & (sources == src)).sum()),
+                        "mismatched_kept": float(kept[noise & (sources == src)].mean()),
+                        "others_kept": float(kept[~noise & (sources == src)].mean())}
+                  for src in sorted(set(sources[noise]))}
     return {"kept": int(kept.sum()), "data_fraction": float(kept.mean()),
             "copies_kept": float(kept[copy].mean()), "noise_kept": float(kept[noise].mean()),
             "clean_kept": float(kept[~copy & ~noise].mean()),
-            "pediatric_groups_with_2plus": float((g >= 2).mean())}
+            "pediatric_groups_with_2plus": float((g >= 2).mean()), "per_source": per_source}
 
 
 def dedup_probe(pool, config: str, overrides: dict, n: int, seed: int) -> None:
@@ -222,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['noise_kept']:>16.3f} {r['noise_kept'] / max(ref['noise_kept'], 1e-9):>6.2f} "
                   f"{r['clean_kept']:>11.3f} {r['noise_kept'] / max(r['clean_kept'], 1e-9):>17.2f} "
                   f"{r['pediatric_groups_with_2plus']:>16.3f}")
+        print()
+        print("within each source: mismatched kept / other pairs kept (1 = blind to the mismatch); n mismatched")
+        for tag, r in results.items():
+            print(f"{tag:<26} " + "  ".join(
+                f"{src}: {v['mismatched_kept']:.3f}/{v['others_kept']:.3f} (n={v['n_mismatched']})"
+                for src, v in r["per_source"].items()))
     finally:
         if args.out is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -97,11 +97,22 @@ def adult_mean(cell: dict[str, float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def run_name(tag: str, epochs: int | None, overrides: dict) -> str:
+    """Folder name of an arm's runs: the tag, plus the epochs and config overrides when they are not the
+    defaults, so that runs of other settings never meet (and never refuse to resume) in one folder."""
+    name = tag
+    if epochs is not None:
+        name += f"_epochs{epochs}"
+    for key, value in sorted(overrides.items()):
+        name += f"_{key}{value}"
+    return name.replace(":", "_").replace(",", "_").replace("=", "-").replace(" ", "")
+
+
 def run_one(arm: dict, seed: int, train, evalm, args, overrides: dict) -> dict:
     from cxrfm.tasks.suite import evaluate
     from cxrfm.train.loop import pretrain
 
-    run_dir = args.out / "runs" / arm["tag"].replace(":", "_").replace(",", "_").replace("=", "-") / f"seed{seed}"
+    run_dir = args.out / "runs" / run_name(arm["tag"], args.epochs, overrides) / f"seed{seed}"
     t0 = time.perf_counter()
     pretrain(train, run_dir, config=args.config, curate=arm["curate"], budget=arm["budget"], epochs=args.epochs,
              seed=seed, resume=True, overrides=overrides, curator_kwargs=arm["kwargs"], progress=args.progress,
@@ -231,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"zero-shot, {args.config}" + (f" {overrides}" if overrides else "") +
           f", epochs={args.epochs or 'config'}, budget {args.budget:g}; reliable mean = within-source AUROC over "
-          f"{PEDIATRIC} {', '.join(RELIABLE_FINDINGS)}; Δ = paired difference to {reference} (t-interval over seeds)")
+          f"{PEDIATRIC} {', '.join(RELIABLE_FINDINGS)}; " + (f"Δ = paired difference to {reference} (t-interval over "
+          f"seeds)" if reference else "no random@B arm to pair with (Δ: -)"))
     print(format_table(rows, tags, reference))
     return 0
 

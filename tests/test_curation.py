@@ -143,6 +143,37 @@ def test_balanced_keeps_the_rare_cluster_and_thins_the_largest():
     assert kept[largest].mean() < 0.2 * 0.75
 
 
+def test_balanced_central_keeps_each_clusters_most_typical_texts():
+    img, txt, _ = make_pool([300, 200, 100], seed=4, noise=0.4)
+    n = len(img)
+    central = build_curator("balanced", n=n, budget=0.2, seed=0, n_clusters=3)  # within="central": default
+    drive(central, img, txt, epochs=1)
+    rnd = build_curator("balanced", n=n, budget=0.2, seed=0, n_clusters=3, within="random")
+    drive(rnd, img, txt, epochs=1)
+    assert central.summary()["within"] == "central"
+    assert len(central.kept_rows()) == len(rnd.kept_rows()) == 120
+    cos_to_centre = np.empty(n)
+    for c in range(3):  # the curator's own text clusters
+        m = central.cluster == c
+        cos_to_centre[m] = txt[m] @ _unit(txt[m].mean(0))
+    kept = np.isin(np.arange(n), central.kept_rows())
+    for c in range(3):  # inside every cluster, every kept text is more typical than every dropped one
+        m = central.cluster == c
+        assert kept[m].any() and (~kept[m]).any()
+        assert cos_to_centre[m & kept].min() > cos_to_centre[m & ~kept].max()
+    assert cos_to_centre[central.kept_rows()].mean() > cos_to_centre[rnd.kept_rows()].mean() + 0.05
+
+
+def test_balanced_central_breaks_ties_between_identical_texts_by_seed():
+    img, txt, _ = make_pool([200, 100], seed=2, text_noise=0.0)  # every pair of a cluster has one text
+    picks = []
+    for seed in (0, 1):
+        cur = build_curator("balanced", n=len(img), budget=0.2, seed=seed, n_clusters=2)
+        drive(cur, img, txt, epochs=1)
+        picks.append(set(cur.kept_rows()))
+    assert len(picks[0]) == len(picks[1]) == 60 and picks[0] != picks[1]
+
+
 def test_balanced_clusters_on_minilm_texts_when_given():
     texts = (["Normal chest radiograph."] * 60 + ["Right lower lobe pneumonia."] * 30
              + ["Small left pleural effusion."] * 10)
@@ -225,6 +256,8 @@ def test_unknown_curator_or_option_is_a_config_error():
         build_curator("kmeans-magic", n=10, budget=0.2)
     with pytest.raises(ConfigError, match="num_protoypes"):
         build_curator("prototype", n=10, budget=0.2, num_protoypes=4)
+    with pytest.raises(ConfigError, match="central"):
+        build_curator("balanced", n=10, budget=0.2, within="median")
 
 
 def test_none_keeps_everything():

@@ -370,8 +370,10 @@ def _add_pretrain(sub):
     p.add_argument("--curate", default="balanced", choices=sorted(CURATORS),
                    help="how pairs are chosen: none = all pairs (the control), random = a seeded random subset, "
                         "prototype = CheXficient's prototype-driven online selection, balanced = a "
-                        "cluster-balanced subset of the texts' MiniLM clusters: thins the dense core, keeps the rare "
-                        "tail (default balanced: the best of the curators in benchmarks/data_efficiency.py, docs/curation.md)")
+                        "cluster-balanced subset of the texts' MiniLM clusters that thins the large clusters, keeps "
+                        "small ones whole and takes each cluster's most typical reports first (--curator-option "
+                        "within=random draws them at random). Default balanced: the best of the curators in "
+                        "benchmarks/data_efficiency.py (docs/curation.md)")
     p.add_argument("--budget", type=float, default=0.2,
                    help="target fraction of pairs to keep, in (0, 1] (default 0.2; ignored by none)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
