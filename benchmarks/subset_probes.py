@@ -37,7 +37,7 @@ from cxrfm.train import curation  # noqa: E402
 DEV: dict = {}
 
 
-def _dev_split(args_eval_fraction: float = 0.25, split_seed: int = 0):
+def _dev_split(eval_fraction: float, split_seed: int):
     from cxrfm.data.schema import Manifest
     from cxrfm.data.splits import train_eval_split
     from cxrfm.paths import shared_data_dir
@@ -45,7 +45,7 @@ def _dev_split(args_eval_fraction: float = 0.25, split_seed: int = 0):
     data = shared_data_dir()
     if data is None:
         raise SystemExit("subset_probes: shared data not found; set CXRFM_DATA to the folder holding cxr/manifest.csv")
-    train, _ = train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), args_eval_fraction, seed=split_seed)
+    train, _ = train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), eval_fraction, seed=split_seed)
     return train
 
 
@@ -138,7 +138,13 @@ PROBES = (OraclePediatric, PixelTypical, PixelAtypical)
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--table-only" not in argv and "-h" not in argv and "--help" not in argv:
-        train = _dev_split()
+        import argparse
+
+        split = argparse.ArgumentParser(add_help=False)  # the dev part data_efficiency will train on
+        split.add_argument("--eval-fraction", type=float, default=0.25)
+        split.add_argument("--split-seed", type=int, default=0)
+        known, _ = split.parse_known_args(argv)
+        train = _dev_split(known.eval_fraction, known.split_seed)
         DEV["table"] = train.table.reset_index(drop=True)
         DEV["thumbs"] = thumbnails(train)
     for cls in PROBES:
