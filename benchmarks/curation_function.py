@@ -109,8 +109,9 @@ def kept_fractions(kept_ids: set[str], table: pd.DataFrame) -> dict:
     group = np.where(copy, table["copy_of"].fillna("").to_numpy(), ids)
     g = pd.Series(kept[ped_orig | copy]).groupby(group[ped_orig | copy]).sum()
     sources = table["source"].to_numpy()
-    # within one source a curator cannot thin a whole source's copies or rare texts differently for
-    # the two: mismatched vs every other pair of that source (copies included) isolates "sees the noise"
+    # mismatched vs every other pair of the same source (copies included): this removes how much of each
+    # source a curator keeps; what is left is whether it treats a mismatched pair differently (tells it
+    # apart, or favours the rarer text a mismatch can produce)
     per_source = {src: {"n_mismatched": int((noise & (sources == src)).sum()),
                         "mismatched_kept": float(kept[noise & (sources == src)].mean()),
                         "others_kept": float(kept[~noise & (sources == src)].mean())}

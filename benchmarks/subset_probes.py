@@ -9,7 +9,7 @@ resumability are the same (give the same ``--out`` to reuse finished ``none`` / 
 Probes (all at the same budget, fixed from epoch 0):
 
 * ``oracle-pediatric``: only pediatric (kermany-pediatric-cxr) pairs, in equal shares of its three
-  label sets (normal, bacterial, viral pneumonia): the best *composition* for the reliable mean, read off
+  label sets (normal, bacterial, viral pneumonia): a *composition* aimed at the reliable mean, read off
   the labels and the source. ``oracle-pediatric:share=0.6`` gives the pediatric set 60 % of the budget
   and the adult sets the rest at random.
 * ``pixel-typical`` / ``pixel-atypical``: `balanced`'s text clusters and quotas, then inside each cluster
