@@ -97,6 +97,19 @@ def adult_mean(cell: dict[str, float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def dev_eval_split(eval_fraction: float = 0.25, split_seed: int = 0):
+    """(dev part, eval part) of the shared real data (``$CXRFM_DATA/cxr/manifest.csv``), patient-disjoint,
+    as every benchmark on it trains and scores; None when the shared data is not there."""
+    from cxrfm.data.schema import Manifest
+    from cxrfm.data.splits import train_eval_split
+    from cxrfm.paths import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        return None
+    return train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), eval_fraction, seed=split_seed)
+
+
 def run_name(tag: str, epochs: int | None, overrides: dict) -> str:
     """Folder name of an arm's runs: the tag, plus the epochs and config overrides when they are not the
     defaults, so that runs of other settings never meet (and never refuse to resume) in one folder."""
@@ -200,10 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="print the table from results.jsonl and exit")
     args = p.parse_args(argv)
 
-    from cxrfm.data.schema import Manifest
-    from cxrfm.data.splits import train_eval_split
-    from cxrfm.paths import shared_data_dir
-
     arms = [parse_arm(a, args.budget) for a in args.arms]
     tags = [a["tag"] for a in arms]
     reference = next((t for t in tags if t.startswith("random@") and ":" not in t), None)
@@ -217,13 +226,12 @@ def main(argv: list[str] | None = None) -> int:
 
     done = {key(r): r for r in read_done(log)}
     if not args.table_only:
-        data = shared_data_dir()
-        if data is None:
+        split = dev_eval_split(args.eval_fraction, args.split_seed)
+        if split is None:
             print("data_efficiency: shared data not found; set CXRFM_DATA to the folder holding cxr/manifest.csv",
                   file=sys.stderr)
             return 2
-        manifest = Manifest.load(data / "cxr" / "manifest.csv")
-        train, evalm = train_eval_split(manifest, args.eval_fraction, seed=args.split_seed)
+        train, evalm = split
         print(f"dev part {len(train)} pairs, eval part {len(evalm)} images (patient-disjoint, split seed "
               f"{args.split_seed}); {len(arms)} arms x {len(seeds)} seeds", flush=True)
         for seed in seeds:

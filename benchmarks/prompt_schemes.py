@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxrfm import Manifest
 from cxrfm.data.findings import FINDINGS
-from cxrfm.data.splits import train_eval_split
-from cxrfm.paths import shared_data_dir
 from cxrfm.tasks.suite import evaluate
 from cxrfm.tasks.zero_shot import load_prompts
 from cxrfm.train.loop import pretrain
+from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 RELIABLE = ("Pneumonia", "Viral pneumonia", "No Finding")
 SOURCE = "kermany-pediatric-cxr"
@@ -37,10 +35,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/prompt_schemes"))
     args = ap.parse_args()
-    data = shared_data_dir()
-    if data is None:
+    split = dev_eval_split(eval_fraction=0.25, split_seed=0)
+    if split is None:
         raise SystemExit("real data not found: set CXRFM_DATA")
-    train, held = train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), eval_fraction=0.25, seed=0)
+    train, held = split
     run = args.out / f"seed{args.seed}"
     if not (run / "model.safetensors").exists():
         pretrain(train, run, config="tiny-cpu", curate="none", seed=args.seed, progress=True)

@@ -37,18 +37,6 @@ from cxrfm.train import curation  # noqa: E402
 DEV: dict = {}
 
 
-def _dev_split(eval_fraction: float, split_seed: int):
-    from cxrfm.data.schema import Manifest
-    from cxrfm.data.splits import train_eval_split
-    from cxrfm.paths import shared_data_dir
-
-    data = shared_data_dir()
-    if data is None:
-        raise SystemExit("subset_probes: shared data not found; set CXRFM_DATA to the folder holding cxr/manifest.csv")
-    train, _ = train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), eval_fraction, seed=split_seed)
-    return train
-
-
 def _check_rows(n: int) -> None:
     if n != len(DEV["table"]):
         raise RuntimeError(f"probe curator got {n} rows, the dev part has {len(DEV['table'])}: "
@@ -144,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         split.add_argument("--eval-fraction", type=float, default=0.25)
         split.add_argument("--split-seed", type=int, default=0)
         known, _ = split.parse_known_args(argv)
-        train = _dev_split(known.eval_fraction, known.split_seed)
+        split = data_efficiency.dev_eval_split(known.eval_fraction, known.split_seed)
+        if split is None:
+            raise SystemExit("subset_probes: shared data not found; set CXRFM_DATA to the folder holding "
+                             "cxr/manifest.csv")
+        train = split[0]
         DEV["table"] = train.table.reset_index(drop=True)
         DEV["thumbs"] = thumbnails(train)
     for cls in PROBES:

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm import Manifest, load_model
-from cxrfm.data.splits import train_eval_split
-from cxrfm.paths import shared_data_dir
+from cxrfm import load_model
 from cxrfm.tasks.suite import evaluate
 from cxrfm.train.loop import pretrain
+from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 VARIANTS = {
     "frozen": {"text_adapter": False, "text_trainable_layers": 0},
@@ -42,10 +41,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/text_tower"))
     args = ap.parse_args()
-    data = shared_data_dir()
-    if data is None:
+    split = dev_eval_split(eval_fraction=0.25, split_seed=0)
+    if split is None:
         raise SystemExit("real data not found: set CXRFM_DATA")
-    train, held = train_eval_split(Manifest.load(data / "cxr" / "manifest.csv"), eval_fraction=0.25, seed=0)
+    train, held = split
     rows = []
     for variant in args.variants:
         for seed in range(args.seeds):

@@ -17,7 +17,6 @@ from tests.test_zero_shot import StandInModel, subset_manifest
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 def make_tiny_run(root, manifest_path, cache_dir):
     """Pretrain tiny-cpu for one epoch on 40 rows per source at 32 px; returns the run dir."""
     from cxrfm.train.loop import pretrain

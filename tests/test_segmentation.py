@@ -15,7 +15,6 @@ from tests.test_zero_shot import StandInModel
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 class StandInSpatial(StandInModel):
     """The zero-shot stand-in plus a fixed random two-layer conv feature map (strides 2 and 4)."""
 

@@ -13,7 +13,6 @@ from tests.test_zero_shot import StandInModel, subset_manifest
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def subset(cxr_manifest_path):
     return subset_manifest(cxr_manifest_path, per_source=60)

@@ -500,8 +500,8 @@ def _stream_component_scores(gate: OODGate, in_images: list, out_images: list, b
 
 
 def ood_task(model, in_images, out_images, reference=None, k: int = 5, weights: dict | None = None,
-             n_boot: int = 1000, rng: np.random.Generator | None = None, progress: bool = False, test_time_update: bool = False,
-             test_time: TestTimeSettings | None = None) -> dict:
+             n_boot: int = 1000, rng: np.random.Generator | None = None, progress: bool = False,
+             test_time_update: bool = False, test_time: TestTimeSettings | None = None) -> dict:
     """AUROC and FPR at 95 % TPR of the gate: held-out CXRs (positive) versus non-CXR images.
 
     Images are (1, H, W) tensors or paths. ``reference`` (ID CXRs) fits the gate; when None, half of
@@ -533,8 +533,7 @@ def ood_task(model, in_images, out_images, reference=None, k: int = 5, weights: 
     # each image its own group: the non-CXR images have no patients, and the held-out CXRs are
     # at most a few per patient
     y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
-    res["auroc_ci"] = list(bootstrap_ci(y, np.r_[s_in, s_out], np.arange(len(y)), n_boot=n_boot,
-                                        rng=rng or np.random.default_rng(0)))
+    res["auroc_ci"] = list(bootstrap_ci(y, np.r_[s_in, s_out], np.arange(len(y)), n_boot=n_boot, rng=rng))
     res["tpr_at_gate"] = float(np.mean(s_in >= gate.threshold))
     res["fpr_at_gate"] = float(np.mean(s_out >= gate.threshold))
     for name in c_in:

@@ -203,7 +203,7 @@ def run(context: "EvalContext") -> dict:
         raise TaskSkipped(f"only {len(distinct)} distinct report text among {len(rows)} rows; retrieval needs >= 2")
     image_emb = context.image_embeddings(np.asarray(rows))  # (R, D)
     text_emb = embed_texts(context.model, list(distinct), progress=context.progress)  # (T, D)
-    patients = [context.manifest.table["patient_id"][i] for i in rows]
+    patients = context.manifest.table["patient_id"].to_numpy()[np.asarray(rows)]
     out = retrieval_recall(image_emb, text_emb, text_of_image, KS, patient_of_image=patients,
                            rng=context.rng("retrieval"), n_boot=context.n_boot)
     out.update({
