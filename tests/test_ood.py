@@ -52,7 +52,8 @@ def test_ood_task_separates_cxrs_from_other_images(model, held_out_cxrs):
 def test_gate_is_cxr_and_public_ood_score(model, held_out_cxrs):
     import cxrfm
     from cxrfm.data.images import read_image
-    from cxrfm.tasks.ood import OODGate, default_reference_images, skimage_image
+    from cxrfm.inference.gate import OODGate, default_reference_images
+    from cxrfm.tasks.ood import skimage_image
 
     gate = OODGate(model).fit(default_reference_images(100))
     passed = [gate.is_cxr(read_image(p))[0] for p in held_out_cxrs[:20]]
@@ -61,7 +62,7 @@ def test_gate_is_cxr_and_public_ood_score(model, held_out_cxrs):
     assert not ok and score < gate.threshold
     assert cxrfm.ood_score(skimage_image("astronaut"), model=model, gate=gate) == pytest.approx(score)
     # without a gate: the server's default gate (fitted on the bundled sample), cached per model
-    from cxrfm.tasks.ood import default_gate
+    from cxrfm.inference.gate import default_gate
 
     dg = default_gate(model)
     assert default_gate(model) is dg
@@ -72,7 +73,8 @@ def test_gate_is_cxr_and_public_ood_score(model, held_out_cxrs):
 
 def test_gate_needs_enough_reference_images(model):
     from cxrfm.errors import ConfigError
-    from cxrfm.tasks.ood import OODGate, skimage_image
+    from cxrfm.inference.gate import OODGate
+    from cxrfm.tasks.ood import skimage_image
 
     with pytest.raises(ConfigError, match="at least"):
         OODGate(model).fit([skimage_image("camera")] * 3)
@@ -81,7 +83,7 @@ def test_gate_needs_enough_reference_images(model):
 def test_activation_aware_score_matches_the_tanl_formula():
     import torch
 
-    from cxrfm.tasks.ood import activation_aware_scores
+    from cxrfm.inference.tanl import activation_aware_scores
 
     g = torch.Generator().manual_seed(0)
     v, t, nt = (torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1) for n in (3, 4, 6))
@@ -99,8 +101,10 @@ def test_test_time_update_is_deterministic_bounded_and_off_by_default(model, hel
 
     from cxrfm.data.images import read_image
     from cxrfm.errors import ConfigError
-    from cxrfm.tasks.ood import (OODGate, TestTimeSettings, _label_embeddings, default_reference_images,
-                                 embed_images, neglabel_scores, non_cxr_images)
+    from cxrfm.inference.gate import (OODGate, _label_embeddings, default_reference_images, embed_images,
+                                      neglabel_scores)
+    from cxrfm.inference.tanl import TestTimeSettings
+    from cxrfm.tasks.ood import non_cxr_images
 
     ref = [read_image(p) for p in default_reference_images(30)]
     cxrs = [read_image(p) for p in held_out_cxrs[:24]]

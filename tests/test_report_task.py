@@ -23,7 +23,7 @@ from cxrfm.data.reports import report_body
 from cxrfm.tasks import report
 from cxrfm.tasks.embed import FileImages
 from cxrfm.tasks.probe import resolve_split
-from cxrfm.tasks.structured_report import structured_report
+from cxrfm.inference.report import structured_report
 from cxrfm.tasks.suite import EvalContext, _jsonable
 from cxrfm.tasks.zero_shot import load_prompts
 

@@ -61,7 +61,7 @@ def tiny_index(run: Path) -> Path:
     import pandas as pd
 
     from cxrfm.models.dual import load_model
-    from cxrfm.tasks.ood import embed_images
+    from cxrfm.inference.gate import embed_images
     from cxrfm.tasks.retrieval import build_index, save_index
 
     df = pd.read_csv(run.parent / "train_manifest.csv")
@@ -291,7 +291,7 @@ def test_embed_text_and_image(client, analyzer, shared_data):
 
 # ---------------------------------------------------------------- report and heat map pieces
 def test_structured_report_wording_bands_and_sections():
-    from cxrfm.tasks.structured_report import structured_report
+    from cxrfm.inference.report import structured_report
 
     text = structured_report({"Pleural Effusion": 0.9, "Cardiomegaly": 0.5, "Pneumothorax": 0.05,
                               "Fracture": 0.1, "Made Up": 0.99, "Edema": float("nan")})
@@ -307,7 +307,7 @@ def test_structured_report_wording_bands_and_sections():
 
 def test_heatmap_is_in_unit_range_and_depends_on_the_finding(analyzer, shared_data):
     from cxrfm.data.images import read_image
-    from cxrfm.explain import finding_heatmap, heatmap_png_data_url
+    from cxrfm.inference.gradcam import finding_heatmap, heatmap_png_data_url
 
     img = read_image(shared_data / "cxr" / "images" / HELD_OUT[2])
     x = analyzer._prepare(img)

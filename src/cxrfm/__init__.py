@@ -14,7 +14,8 @@ from .errors import CxrfmError  # noqa: E402
 _LAZY = {
     "read_image": ("cxrfm.data.images", "read_image"),
     "load_model": ("cxrfm.models.dual", "load_model"),
-    "ood_score": ("cxrfm.tasks.ood", "ood_score"),
+    "ood_score": ("cxrfm.inference.gate", "ood_score"),
+    "Analyzer": ("cxrfm.inference.analyze", "Analyzer"),
     "evaluate": ("cxrfm.tasks.suite", "evaluate"),
     "pretrain": ("cxrfm.train.loop", "pretrain"),
 }
@@ -29,4 +30,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cxrfm' has no attribute {name!r}")
 
 
-__all__ = ["FINDINGS", "Manifest", "CxrfmError", "read_image", "load_model", "ood_score", "evaluate", "pretrain", "__version__"]
+__all__ = ["FINDINGS", "Manifest", "CxrfmError", "read_image", "load_model", "ood_score", "Analyzer", "evaluate", "pretrain", "__version__"]

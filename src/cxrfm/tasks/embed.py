@@ -1,10 +1,8 @@
 """Embed a manifest's images and texts in batches, once, for every evaluation task to share.
 
 Images come from the decoded-image cache (:class:`cxrfm.data.cache.ImageCache`, built at the
-model's ``image_size``) so evaluation decodes each file once, as training does; texts go through the
-model's own tokenizer in batches. Any object with the dual-encoder contract works as ``model``:
-``image_size: int``, ``encode_image(images (B, 1, S, S) in [0, 1], normalize=True) -> (B, D)`` and
-``encode_text(texts: list[str], normalize=True) -> (B, D)`` (CLIP, Radford et al. 2021).
+model's ``image_size``) so evaluation decodes each file once, as training does; the batching
+itself and the dual-encoder contract are :mod:`cxrfm.inference.embed`.
 
 :class:`FileImages` is the uncached counterpart (decode + letterbox per request) for one-off
 inputs and the embedding benchmark's per-image baseline.
@@ -12,32 +10,14 @@ inputs and the embedding benchmark's per-image baseline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.schema import Manifest
-from ..errors import CxrfmError
-
-
-class EmbeddingError(CxrfmError):
-    """The model returned embeddings of the wrong shape or with NaN/inf values."""
-
-
-class DualEncoderLike(Protocol):
-    image_size: int
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
-
-    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor: ...
-
-
-class ImageBatches(Protocol):
-    def __len__(self) -> int: ...
-
-    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor: ...
+from ..inference.embed import (DualEncoderLike, EmbeddingError, ImageBatches,  # noqa: F401 - re-exported
+                               embed_images, embed_texts)
 
 
 class FileImages:
@@ -54,55 +34,6 @@ class FileImages:
         from ..data.images import letterbox, read_image
 
         return torch.stack([letterbox(read_image(self.paths[int(i)]), self.size) for i in indices])  # (B, 1, S, S)
-
-
-def _check_embeddings(emb: torch.Tensor, n: int, what: str, first_row: int) -> np.ndarray:
-    if emb.ndim != 2 or emb.shape[0] != n:
-        raise EmbeddingError(f"encode_{what} returned shape {tuple(emb.shape)} for {n} inputs; expected ({n}, D)")
-    arr = emb.detach().to(torch.float32).cpu().numpy()
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        raise EmbeddingError(
-            f"encode_{what} returned NaN/inf for {int(bad.sum())} inputs (first: row {first_row + int(np.flatnonzero(bad)[0])}); "
-            f"the checkpoint is likely diverged — re-train or evaluate an earlier checkpoint")
-    return arr
-
-
-@torch.inference_mode()
-def embed_images(
-    model: DualEncoderLike, images: ImageBatches, indices: Sequence[int] | np.ndarray | None = None,
-    batch_size: int = 64, progress: bool = False,
-) -> np.ndarray:
-    """L2-normalised image embeddings (len(indices), D) float32 for rows ``indices`` of ``images``."""
-    idx = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
-    out: list[np.ndarray] = []
-    bar = tqdm(total=len(idx), desc="embed images", unit="img", disable=not progress)
-    for start in range(0, len(idx), batch_size):
-        chunk = idx[start:start + batch_size]
-        x = images.batch(chunk)  # (B, 1, S, S)
-        out.append(_check_embeddings(model.encode_image(x, normalize=True), len(chunk), "image", start))
-        bar.update(len(chunk))
-    bar.close()
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out)
-
-
-@torch.inference_mode()
-def embed_texts(model: DualEncoderLike, texts: Sequence[str], batch_size: int = 128, progress: bool = False
-                ) -> np.ndarray:
-    """L2-normalised text embeddings (len(texts), D) float32."""
-    out: list[np.ndarray] = []
-    texts = list(texts)
-    bar = tqdm(total=len(texts), desc="embed texts", unit="text", disable=not progress)
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        out.append(_check_embeddings(model.encode_text(chunk, normalize=True), len(chunk), "text", start))
-        bar.update(len(chunk))
-    bar.close()
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out)
 
 
 def open_image_cache(manifest: Manifest, size: int, cache_dir: str | Path | None = None,

@@ -9,7 +9,7 @@ Two generators, both scored the same way:
   a template pseudo-report of their labels (:func:`cxrfm.data.pseudo_reports.template_report`) only
   when no training row has text at all.
 * ``structured``: zero-shot finding probabilities (CheXzero prompts, :mod:`cxrfm.tasks.zero_shot`)
-  turned into the region-by-region draft of :func:`cxrfm.tasks.structured_report.structured_report`.
+  turned into the region-by-region draft of :func:`cxrfm.inference.report.structured_report`.
   The wording bands ("no" / "possible" / "likely") only mean something on calibrated probabilities,
   so each finding's score is Platt-scaled (Platt 1999: logistic regression on the logit) on the
   training rows where that finding has enough known labels; the others keep the raw softmax.
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 METHODS: tuple[str, ...] = ("retrieval", "structured")
 # Fixed before scoring: picking the better method on the evaluation rows would be optimistic.
 HEADLINE_METHOD = "structured"
-# Platt scaling on fewer known positives (or negatives) than this fits noise; such a finding keeps its raw score.
-MIN_CALIBRATION_LABELS = 5
 N_EXAMPLES = 3
 ROUGE_STEMMER = True
 
@@ -223,34 +221,6 @@ def text_for_scoring(report: str) -> str:
     return report_body(text) if text else ""
 
 
-def platt_calibrate(train_scores: np.ndarray, train_labels: np.ndarray, scores: np.ndarray,
-                    min_labels: int = MIN_CALIBRATION_LABELS) -> tuple[np.ndarray, list[bool]]:
-    """Per column, a logistic regression on logit(score) fitted on the known training labels.
-
-    Returns (calibrated (N, F), per-column flag); a column with fewer than ``min_labels`` known
-    positives or negatives keeps its raw score.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))
-
-    out = np.asarray(scores, dtype=np.float64).copy()
-    done: list[bool] = []
-    for j in range(out.shape[1]):
-        y = train_labels[:, j]
-        known = ~np.isnan(y)
-        n_pos, n_neg = int((y[known] == 1).sum()), int((y[known] == 0).sum())
-        if n_pos < min_labels or n_neg < min_labels:
-            done.append(False)
-            continue
-        lr = LogisticRegression(C=1.0).fit(logit(train_scores[known, j])[:, None], y[known].astype(int))
-        out[:, j] = lr.predict_proba(logit(out[:, j])[:, None])[:, 1]
-        done.append(True)
-    return out, done
-
-
 def _unique_label(texts: Sequence[str]) -> np.ndarray:
     """Labeler output (N, 14) for ``texts``, labelling each distinct text once."""
     from ..data.labeler import label_reports
@@ -344,30 +314,34 @@ def retrieval_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> tu
 
 
 def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> tuple[list[str], dict]:
-    """A structured draft per eval image from (calibrated) zero-shot probabilities."""
-    from .structured_report import DEFAULT_THRESHOLDS, structured_report
+    """A structured draft per eval image from the findings head: the same head and the same draft
+    function that ``serve`` answers with (:mod:`cxrfm.inference.heads`, :mod:`cxrfm.inference.report`).
+
+    The head's zero-shot scores are Platt-calibrated on the training part's known labels; with a run
+    folder, the fitted head is saved there so that ``serve`` answers with exactly what was evaluated."""
+    from ..inference.heads import MIN_CALIBRATION_LABELS, FindingsHead
+    from ..inference.report import DEFAULT_THRESHOLDS, structured_report
     from .suite import TaskSkipped
-    from .zero_shot import build_zero_shot_classifier, zero_shot_scores
 
     findings = [f for f in FINDINGS if f in context.prompts]
     if not findings:
         raise TaskSkipped(f"no finding has prompts in {context.prompts_source}")
-    classifier = build_zero_shot_classifier(context.model, findings, context.prompts)
-    raw = zero_shot_scores(eval_emb, classifier, context.logit_scale)  # (M, F)
+    head = FindingsHead.zero_shot(context.model, findings, context.prompts, context.logit_scale)
     cols = [FINDINGS.index(f) for f in findings]
     train_labels = split.train.labels()[split.train_rows][:, cols]  # (N, F)
     labelled = np.flatnonzero(~np.isnan(train_labels).all(axis=1))
-    calibrated = [False] * len(findings)
-    probs = raw
     if len(labelled):
-        train_scores = zero_shot_scores(_train_embeddings(context, split, labelled), classifier, context.logit_scale)
-        probs, calibrated = platt_calibrate(train_scores, train_labels[labelled], raw)
+        head.fit_calibration(_train_embeddings(context, split, labelled), train_labels[labelled])
+    head.fitted_on = {"data_hash": split.train.content_hash(), "n_rows": int(len(labelled)),
+                      "split": split.describe()}
+    probs = head.predict(eval_emb)  # (M, F)
     generated = [structured_report(dict(zip(findings, row))) for row in probs]
-    info = {"findings": findings, "thresholds": dict(DEFAULT_THRESHOLDS),
-            "calibrated": [f for f, c in zip(findings, calibrated) if c],
-            "uncalibrated": [f for f, c in zip(findings, calibrated) if not c],
+    info = {"findings": findings, "thresholds": dict(DEFAULT_THRESHOLDS), "head": head.describe(),
+            "calibrated": sorted(head.calibration), "uncalibrated": [f for f in findings if f not in head.calibration],
             "calibration": f"Platt scaling on the training rows' known labels (>= {MIN_CALIBRATION_LABELS} "
                            f"positives and negatives per finding); others keep the raw prompt softmax"}
+    if context.run_dir is not None:
+        info["head_file"] = str(head.save(context.run_dir))
     return generated, info
 
 

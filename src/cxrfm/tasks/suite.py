@@ -93,6 +93,7 @@ class EvalContext:
     # otherwise they split `manifest` by patient with `seed` and say so in their result
     train_manifest: Manifest | None = None
     out_dir: Path | None = None  # where tasks save plots and overlays (None: nothing saved)
+    run_dir: Path | None = None  # the model's run folder, when evaluating one: fitted heads are saved there
     _emb: np.ndarray | None = field(default=None, repr=False)
     _have: np.ndarray | None = field(default=None, repr=False)
 
@@ -241,7 +242,7 @@ def evaluate(
         cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress,
         logit_scale=_model_logit_scale(model), images=images,
         train_manifest=Manifest.load(train_data) if isinstance(train_data, (str, Path)) else train_data,
-        out_dir=Path(out) if out is not None else None)
+        out_dir=Path(out) if out is not None else None, run_dir=run_dir)
     src_counts = manifest.table["source"].value_counts()
     results: dict[str, Any] = {
         "cxrfm_version": __version__,

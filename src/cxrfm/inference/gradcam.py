@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _image_module(model) -> torch.nn.Module:
@@ -67,7 +67,7 @@ def grad_cam(model, image: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
 
 def finding_heatmap(model, image: torch.Tensor, classifier: torch.Tensor, finding_index: int) -> np.ndarray:
     """Grad-CAM (S, S) in [0, 1] of one finding's zero-shot margin; ``classifier`` is (F, 2, D)
-    from :func:`cxrfm.tasks.zero_shot.build_zero_shot_classifier` (index 0 positive, 1 negative)."""
+    from :func:`cxrfm.inference.zero_shot.build_zero_shot_classifier` (index 0 positive, 1 negative)."""
     direction = classifier[finding_index, 0] - classifier[finding_index, 1]  # (D,)
     return grad_cam(model, image, direction)
 
