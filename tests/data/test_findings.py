@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrfm.data.findings import FINDING_INDEX, FINDINGS, harmonise_row, split_labels
-from cxrfm.data.schema import Manifest
+from cxrfm.data.findings import FINDING_INDEX, FINDINGS, harmonise_row, split_labels, unknown_labels
+from cxrfm.data.schema import Manifest, unmapped_labels, validate_table
 from cxrfm.errors import ManifestError
 
 
@@ -38,8 +38,11 @@ def test_kermany_is_exhaustive_for_pneumonia_and_its_types(real):
     # Kermany says nothing about effusions in pneumonia cases: unknown, not negative
     pna = k[:, FINDING_INDEX["Pneumonia"]] == 1
     assert np.isnan(k[pna, FINDING_INDEX["Pleural Effusion"]]).all()
-    # ... but "Normal" is a statement about everything
-    assert (k[~pna] == 0).sum(1).tolist() == [len(FINDINGS) - 1] * int((~pna).sum())
+    # "Normal" negates only what Kermany labels exhaustively (issue 9 item 10): the graders judged
+    # pneumonia, so devices, fractures or effusions on a "Normal" film stay unknown
+    assert (k[~pna] == 0).sum(1).tolist() == [4] * int((~pna).sum())
+    assert np.isnan(k[~pna, FINDING_INDEX["Support Devices"]]).all()
+    assert np.isnan(k[~pna, FINDING_INDEX["Fracture"]]).all()
 
 
 def test_nih_labels_fourteen_findings_exhaustively(real):
@@ -54,7 +57,8 @@ def test_nih_labels_fourteen_findings_exhaustively(real):
     nf = n[:, FINDING_INDEX["No Finding"]] == 1
     lo = n[:, FINDING_INDEX["Lung Opacity"]]
     assert np.isnan(lo[~nf & ~_raw_has(t, "Infiltration")]).all()
-    assert (lo[nf] == 0).all()
+    assert np.isnan(lo[nf]).all()  # "No Finding" negates only NIH's exhaustive findings
+    assert (n[nf, FINDING_INDEX["Cardiomegaly"]] == 0).all()
     # findings NIH never labels stay unknown on abnormal rows
     assert np.isnan(n[~nf, FINDING_INDEX["Support Devices"]]).all()
 
@@ -104,7 +108,15 @@ def test_unlabelled_rows_are_all_unknown(real):
      {"Pneumonia": 1, "Bacterial pneumonia": 1, "Viral pneumonia": 0, "COVID-19": 0, "No Finding": 0, "Edema": None}),
     ("Pneumonia;Viral pneumonia", "kermany-pediatric-cxr",
      {"Pneumonia": 1, "Viral pneumonia": 1, "Bacterial pneumonia": 0, "COVID-19": 0, "Cardiomegaly": None}),
-    ("No Finding", "nih-chestxray14", {f: (1 if f == "No Finding" else 0) for f in FINDINGS}),
+    ("No Finding", "nih-chestxray14",
+     {"No Finding": 1, "Cardiomegaly": 0, "Pneumonia": 0, "Lung Lesion": 0, "COVID-19": 0,
+      "Support Devices": None, "Fracture": None, "Lung Opacity": None, "Enlarged Cardiomediastinum": None}),
+    ("Normal", "kermany-pediatric-cxr",
+     {"No Finding": 1, "Pneumonia": 0, "Bacterial pneumonia": 0, "COVID-19": 0, "Support Devices": None,
+      "Fracture": None, "Cardiomegaly": None}),
+    ("No Finding", "covid-chestxray-dataset",
+     {"No Finding": 1, "Pneumonia": 0, "COVID-19": 0, "Support Devices": None, "Fracture": None}),
+    ("No Finding", "my-hospital", {"No Finding": 1, "Support Devices": None, "Fracture": None, "Pneumonia": None}),
     ("Effusion;Emphysema", "nih-chestxray14",
      {"Pleural Effusion": 1, "Cardiomegaly": 0, "No Finding": 0, "Lung Opacity": None, "Fracture": None}),
     ("Cardiomegaly;effusion", "my-hospital",
@@ -119,14 +131,63 @@ def test_harmonise_row(raw, source, expect):
         assert (np.isnan(got) if want is None else got == want), (f, got, want)
 
 
-def test_unknown_label_names_raise_with_the_fix(tmp_path):
-    with pytest.raises(ManifestError, match="'Pneumonitis'.*canonical findings"):
-        harmonise_row(["Pneumonitis"], "my-hospital")
+def test_unknown_label_names_raise_only_when_strict(tmp_path):
+    with pytest.raises(ManifestError, match="'Pneumonitis'.*canonical findings.*--strict"):
+        harmonise_row(["Pneumonitis"], "my-hospital", strict=True)
+    assert np.isnan(harmonise_row(["Pneumonitis"], "my-hospital")).all()
     df = pd.DataFrame({"image": ["a.png", "b.png"], "patient_id": ["p", "q"], "source": ["x", "x"],
                        "labels": ["Edema", "Edema;Bronchiectasis"]})
     df.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match=r"m\.csv: row 3.*'Bronchiectasis'"):
-        Manifest.load(tmp_path / "m.csv")
+        validate_table(pd.read_csv(tmp_path / "m.csv"), where=str(tmp_path / "m.csv"), strict=True)
+    m = Manifest.load(tmp_path / "m.csv")  # the default keeps the row: one unknown name does not stop the load
+    assert m.labels()[:, FINDING_INDEX["Edema"]].tolist() == [1, 1]
+    assert unmapped_labels(m.table).to_dict("records") == [{"row": 1, "source": "x", "label": "Bronchiectasis"}]
+
+
+def test_unknown_name_in_a_known_source_keeps_the_row_without_exhaustive_negatives():
+    y = harmonise_row(["Cardiomegaly", "Pulmonary_Thing"], "nih-chestxray14")
+    assert y[FINDING_INDEX["Cardiomegaly"]] == 1 and y[FINDING_INDEX["No Finding"]] == 0
+    # the unknown name might be one of NIH's exhaustive findings: no negatives are invented
+    assert np.isnan(y[FINDING_INDEX["Pneumonia"]]) and np.isnan(y[FINDING_INDEX["Edema"]])
+    assert y[FINDING_INDEX["COVID-19"]] == 0  # absent from the source whatever the row says
+    assert unknown_labels(["Cardiomegaly", "Pulmonary_Thing"], "nih-chestxray14") == ["Pulmonary_Thing"]
+
+
+C = "covid-chestxray-dataset"
+
+
+@pytest.mark.parametrize("raw,expect", [
+    # the bare leaf a real held-out slice carries, and partial paths
+    ("Bacterial", {"Pneumonia": 1, "Bacterial pneumonia": 1, "Viral pneumonia": 0, "COVID-19": 0}),
+    ("Pneumonia/Viral", {"Pneumonia": 1, "Viral pneumonia": 1, "Bacterial pneumonia": 0, "COVID-19": 0}),
+    ("Pneumonia/Viral/COVID-19", {"Pneumonia": 1, "Viral pneumonia": 1, "COVID-19": 1, "Bacterial pneumonia": 0}),
+    ("Pneumonia/Bacterial/Staphylococcus/MRSA", {"Pneumonia": 1, "Bacterial pneumonia": 1, "Viral pneumonia": 0}),
+    ("Pneumonia/Bacterial/Nocardia", {"Pneumonia": 1, "Bacterial pneumonia": 1}),
+    ("Pneumonia/Viral/Influenza/H1N1", {"Viral pneumonia": 1, "Bacterial pneumonia": 0}),
+    ("Pneumonia/Fungal/Pneumocystis", {"Pneumonia": 1, "Bacterial pneumonia": 0, "Viral pneumonia": 0}),
+    ("Pneumonia/Fungal/Aspergillosis", {"Pneumonia": 1, "Bacterial pneumonia": 0, "COVID-19": 0}),
+    ("Pneumonia/Lipoid", {"Pneumonia": 1, "Bacterial pneumonia": 0, "Viral pneumonia": 0}),
+    ("Pneumonia/Aspiration", {"Pneumonia": 1, "Bacterial pneumonia": None, "Viral pneumonia": None}),
+    ("Pneumonia", {"Pneumonia": 1, "Bacterial pneumonia": None, "COVID-19": None}),
+    # a leaf we do not list under a known parent: the parent still holds
+    ("Pneumonia/Bacterial/Some-New-Organism", {"Pneumonia": 1, "Bacterial pneumonia": 1}),
+    ("Tuberculosis", {"Pneumonia": 0, "No Finding": 0}),
+    ("No Finding", {"No Finding": 1, "Pneumonia": 0, "Support Devices": None}),
+    ("todo", {f: None for f in FINDINGS}),
+    ("Unknown", {f: None for f in FINDINGS}),
+])
+def test_covid_chestxray_taxonomy(raw, expect):
+    row = harmonise_row(split_labels(raw), C, strict=True)  # every published name maps without error
+    for f, want in expect.items():
+        got = v(row, f)
+        assert (np.isnan(got) if want is None else got == want), (raw, f, got, want)
+
+
+def test_kermany_published_folder_names_map():
+    y = harmonise_row(["PNEUMONIA/bacteria"], "kermany-pediatric-cxr", strict=True)
+    assert y[FINDING_INDEX["Bacterial pneumonia"]] == 1 and y[FINDING_INDEX["Viral pneumonia"]] == 0
+    assert harmonise_row(["NORMAL"], "kermany-pediatric-cxr", strict=True)[FINDING_INDEX["No Finding"]] == 1
 
 
 def test_finding_columns_win_and_uncertain_policy(tmp_path):

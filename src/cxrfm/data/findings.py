@@ -62,6 +62,8 @@ class SourceLabels:
     # findings that cannot occur in this source at all (COVID-19 in images taken before 2019):
     # 0 on every labelled row, whatever the other rules say
     absent: frozenset[str] = field(default_factory=frozenset)
+    # raw names are paths ("Pneumonia/Bacterial/Streptococcus"): each segment is looked up
+    hierarchical: bool = False
     note: str = ""
 
 
@@ -71,37 +73,67 @@ def _m(**kw: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 _PNA_VIRAL = ("Pneumonia", "Viral pneumonia")
 _PNA_BACT = ("Pneumonia", "Bacterial pneumonia")
+# fungal / lipoid pneumonia: known to be neither bacterial nor viral ("!" = a known negative)
+_PNA_OTHER = ("Pneumonia", "!Bacterial pneumonia", "!Viral pneumonia", "!COVID-19")
 
+# covid-chestxray-dataset's ``finding`` field (Cohen et al., github.com/ieee8023/covid-chestxray-dataset):
+# flat names in the 2020 snapshots ("Streptococcus", "COVID-19, ARDS"), a path in later ones
+# ("Pneumonia/Bacterial/Staphylococcus/MRSA", "Pneumonia/Viral/Influenza/H1N1", "Pneumonia/Fungal/
+# Pneumocystis", "Pneumonia/Lipoid", "Pneumonia/Aspiration", "Tuberculosis", "No Finding", "Unknown",
+# "todo"), and slices that keep only a leaf or a partial path ("Bacterial", "Pneumonia/Viral").
+# Keys are path *segments*: a path asserts the union of what its known segments assert
+# (:func:`_lookup`), so a leaf we do not know under a known parent still yields the parent.
 _COVID_SET = {
     "covid-19": ("COVID-19", "Pneumonia", "Viral pneumonia"),
+    "covid19": ("COVID-19", "Pneumonia", "Viral pneumonia"),
+    "sars-cov-2": ("COVID-19", "Pneumonia", "Viral pneumonia"),
     "pneumonia": ("Pneumonia",),
     "viral pneumonia": _PNA_VIRAL,
     "bacterial pneumonia": _PNA_BACT,
+    "fungal pneumonia": _PNA_OTHER,
+    "viral": _PNA_VIRAL,
+    "bacterial": _PNA_BACT,
+    "fungal": _PNA_OTHER,
+    # aspiration pneumonia is often bacterial but not always: the aetiology stays unknown
+    "aspiration": ("Pneumonia",),
     "mycoplasma bacterial pneumonia": _PNA_BACT,
+    "mycoplasma": _PNA_BACT,
     "klebsiella": _PNA_BACT,
     "streptococcus": _PNA_BACT,
     "legionella": _PNA_BACT,
     "chlamydophila": _PNA_BACT,
     "e.coli": _PNA_BACT,
     "staphylococcus": _PNA_BACT,
+    "mrsa": _PNA_BACT,
+    "nocardia": _PNA_BACT,
     "varicella": _PNA_VIRAL,
     "influenza": _PNA_VIRAL,
+    "h1n1": _PNA_VIRAL,
     "sars": _PNA_VIRAL,
     "mers-cov": _PNA_VIRAL,
+    "mers": _PNA_VIRAL,
     "herpes": _PNA_VIRAL,
-    # fungal / lipoid pneumonia: known to be neither bacterial nor viral ("!" = a known negative)
-    "pneumocystis": ("Pneumonia", "!Bacterial pneumonia", "!Viral pneumonia", "!COVID-19"),
-    "aspergillosis": ("Pneumonia", "!Bacterial pneumonia", "!Viral pneumonia", "!COVID-19"),
-    "lipoid": ("Pneumonia", "!Bacterial pneumonia", "!Viral pneumonia", "!COVID-19"),
+    "pneumocystis": _PNA_OTHER,
+    "aspergillosis": _PNA_OTHER,
+    "histoplasmosis": _PNA_OTHER,
+    "mucormycosis": _PNA_OTHER,
+    "cryptococcus": _PNA_OTHER,
+    "lipoid": _PNA_OTHER,
     "no finding": ("No Finding",),
+    "normal": ("No Finding",),
 }
+# Named in the dataset but outside the canonical list (a labelled row: exhaustive negatives hold).
+_COVID_UNMAPPED = frozenset({"ards", "tuberculosis"})
 _COVID_EXHAUSTIVE = frozenset({"No Finding", "Pneumonia", "COVID-19", "Bacterial pneumonia", "Viral pneumonia"})
 
 SOURCES: dict[str, SourceLabels] = {
     "kermany-pediatric-cxr": SourceLabels(
         name="kermany-pediatric-cxr",
-        mapping=_m(Normal=("No Finding",), Pneumonia=("Pneumonia",), **{
-            "Bacterial pneumonia": _PNA_BACT, "Viral pneumonia": _PNA_VIRAL}),
+        # the canonical names shared/data writes, and the published folder names (NORMAL, PNEUMONIA,
+        # and the file-name tags bacteria / virus: "PNEUMONIA/bacteria" as a path)
+        mapping=_m(Normal=("No Finding",), Pneumonia=("Pneumonia",), Bacteria=_PNA_BACT, Virus=_PNA_VIRAL, **{
+            "No Finding": ("No Finding",), "Bacterial pneumonia": _PNA_BACT, "Viral pneumonia": _PNA_VIRAL}),
+        hierarchical=True,
         # collected before 2019: COVID-19 is a known negative
         exhaustive=frozenset({"No Finding", "Pneumonia", "Bacterial pneumonia", "Viral pneumonia", "COVID-19"}),
         absent=frozenset({"COVID-19"}),
@@ -111,13 +143,17 @@ SOURCES: dict[str, SourceLabels] = {
         name="covid-chestxray-dataset",
         mapping=_COVID_SET,
         exhaustive=_COVID_EXHAUSTIVE,
-        unmapped=frozenset({"ards", "tuberculosis"}),
-        note="Cohen et al.: the `finding` field is the case diagnosis; ARDS has no CheXpert finding.",
+        unmapped=_COVID_UNMAPPED,
+        hierarchical=True,
+        note="Cohen et al.: the `finding` field is the case diagnosis (a path such as Pneumonia/Viral/COVID-19); "
+             "ARDS and Tuberculosis have no canonical finding.",
     ),
     "hannover-covid-19-image-repository": SourceLabels(
         name="hannover-covid-19-image-repository",
         mapping=_COVID_SET,
         exhaustive=_COVID_EXHAUSTIVE,
+        unmapped=_COVID_UNMAPPED,
+        hierarchical=True,
         note="Winther et al.: a COVID-19 case collection; COVID-19 is a patient-level label.",
     ),
     "nih-chestxray14": SourceLabels(
@@ -217,50 +253,85 @@ def split_labels(value: object) -> list[str]:
     return [s.strip() for s in str(value).split(";") if s.strip()]
 
 
-def harmonise_row(raw: Iterable[str], source: str) -> np.ndarray:
+def _lookup(spec: SourceLabels, key: str) -> tuple[str, ...] | None:
+    """Canonical findings a raw name asserts in ``spec`` (None: the name is not in its mapping).
+
+    A hierarchical name asserts the union of its known segments, so the bare leaf ``bacterial``, the
+    partial path ``pneumonia/viral`` and a path ending in a leaf we do not list
+    (``pneumonia/bacterial/<new organism>``) all resolve to what their known parts say.
+    """
+    if key in spec.mapping:
+        return spec.mapping[key]
+    if not spec.hierarchical or "/" not in key:
+        return None
+    found: list[str] = []
+    for seg in key.split("/"):
+        found.extend(spec.mapping.get(seg.strip(), ()))
+    return tuple(dict.fromkeys(found)) or None
+
+
+def _classify(name: str, spec: SourceLabels | None, source: str) -> tuple[str, tuple[str, ...]]:
+    """(kind, findings) for one raw name: kind is mapped, placeholder, outside (known, no finding) or unknown."""
+    key = name.strip().lower()
+    if spec is not None and source == "iu-xray-openi":
+        return "mapped", mesh_to_findings(name)  # unmatched MeSH terms are outside the list, not errors
+    if key in UNINFORMATIVE:
+        return "placeholder", ()
+    if spec is not None:
+        found = _lookup(spec, key)
+        if found is not None:
+            return "mapped", found
+        segments = {seg.strip() for seg in key.split("/")} if spec.hierarchical else {key}
+        if key in spec.unmapped or segments & spec.unmapped:
+            return "outside", ()
+        if segments <= UNINFORMATIVE:
+            return "placeholder", ()
+    canon = _canonical_lookup().get(key)
+    return ("mapped", (canon,)) if canon is not None else ("unknown", ())
+
+
+def unknown_labels(raw: Iterable[str], source: str) -> list[str]:
+    """The raw names of one row that cxrfm cannot map for ``source`` (kept as unmapped, see harmonise_row)."""
+    spec = SOURCES.get(source)
+    return [name for name in raw if _classify(name, spec, source)[0] == "unknown"]
+
+
+def harmonise_row(raw: Iterable[str], source: str, strict: bool = False) -> np.ndarray:
     """Canonical vector (len(FINDINGS),) of 1 / 0 / NaN for one row's raw labels.
 
-    Unknown sources use canonical names directly (a user's own manifest); a raw name that maps to
-    nothing known raises :class:`ManifestError` naming the label.
+    Unknown sources use canonical names directly (a user's own manifest). A raw name cxrfm cannot
+    map is handled per row: the row keeps what its other names assert, and the source's exhaustive
+    negatives are *not* applied (the unknown name may be one of those findings); list such names with
+    :func:`unknown_labels`. ``strict=True`` raises :class:`ManifestError` naming the label instead.
+    "No Finding" negates only the source's exhaustive findings: a source that never labels devices
+    or fractures says nothing about them by calling an image normal.
     """
     raw = list(raw)
     out = np.full(len(FINDINGS), np.nan, dtype=np.float32)
     spec = SOURCES.get(source)
     positives: set[str] = set()
     negatives: set[str] = set()
-    mapped_any = False
+    labelled = has_unknown = False
     for name in raw:
-        key = name.lower()
-        if spec is not None and source == "iu-xray-openi":
-            found = mesh_to_findings(name)
-            positives.update(found)
-            mapped_any = mapped_any or bool(found)
-            continue
-        if spec is not None and key in spec.mapping:
-            for f in spec.mapping[key]:
-                (negatives.add(f[1:]) if f.startswith("!") else positives.add(f))
-            mapped_any = True
-        elif key in UNINFORMATIVE:
-            continue
-        elif spec is not None and key in spec.unmapped:
-            mapped_any = True  # a real finding outside our list: the row is labelled, so exhaustive negatives hold
-        else:
-            canon = _canonical_lookup().get(key)
-            if canon is None:
-                known = ", ".join(FINDINGS)
+        kind, found = _classify(name, spec, source)
+        if kind == "unknown":
+            if strict:
                 raise ManifestError(
                     f"unknown label name {name!r} for source {source!r}; use one of the canonical findings "
-                    f"({known}) or a source whose mapping cxrfm knows ({', '.join(SOURCES)})")
-            positives.add(canon)
-            mapped_any = True
-    if not mapped_any:
-        return out  # unlabelled row, or only placeholders such as "todo": everything unknown
-    if spec is not None:
+                    f"({', '.join(FINDINGS)}) or a source whose mapping cxrfm knows ({', '.join(SOURCES)}), "
+                    f"or drop --strict to keep the row with the label recorded as unmapped")
+            has_unknown = True
+            continue
+        if kind == "placeholder":
+            continue
+        labelled = True  # "outside": a real finding beyond our list, the row is labelled
+        for f in found:
+            (negatives.add(f[1:]) if f.startswith("!") else positives.add(f))
+    if not labelled:
+        return out  # unlabelled row, only placeholders such as "todo", or only unknown names
+    if spec is not None and not has_unknown:
         for f in spec.exhaustive:
             out[FINDING_INDEX[f]] = 0.0
-    if "No Finding" in positives:
-        # "no finding" is itself exhaustive: nothing else is present
-        out[:] = 0.0
     for f in positives:
         out[FINDING_INDEX[f]] = 1.0
     if positives - {"No Finding"}:

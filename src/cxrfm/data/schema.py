@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..atomic import atomic_path
 from ..errors import ManifestError
-from .findings import FINDINGS, apply_uncertain_policy, harmonise_row, split_labels
+from .findings import FINDINGS, apply_uncertain_policy, harmonise_row, split_labels, unknown_labels
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "patient_id", "source")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -71,8 +71,12 @@ def finding_columns(df: pd.DataFrame) -> list[str]:
     return [f for f in FINDINGS if f in df.columns]
 
 
-def validate_table(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
-    """Check and normalise a manifest table; raise :class:`ManifestError` naming the row and the fix."""
+def validate_table(df: pd.DataFrame, where: str = "manifest", strict: bool = False) -> pd.DataFrame:
+    """Check and normalise a manifest table; raise :class:`ManifestError` naming the row and the fix.
+
+    A raw label cxrfm cannot map is not an error (the row keeps it as unmapped, see
+    :func:`unmapped_labels`) unless ``strict``.
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
@@ -104,13 +108,26 @@ def validate_table(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
         df[c] = vals.astype("float32")
     if "age" in df.columns:
         df["age"] = pd.to_numeric(df["age"], errors="coerce")
-    if "labels" in df.columns and not finding_columns(df):
+    if strict and "labels" in df.columns and not finding_columns(df):
         for i, (raw, src) in enumerate(zip(df["labels"], df["source"])):
             try:
-                harmonise_row(split_labels(raw), src)
+                harmonise_row(split_labels(raw), src, strict=True)
             except ManifestError as e:
                 raise ManifestError(f"{where}: row {i + 2}: {e}") from None
     return df
+
+
+def unmapped_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (table row, raw label) that cxrfm cannot map: columns ``row`` (0-based), ``source``, ``label``.
+
+    Those rows are kept with that label unmapped (:func:`~cxrfm.data.findings.harmonise_row`); this
+    is the list a user reads to extend the mapping or fix a typo. Empty when finding columns decide.
+    """
+    found = []
+    if "labels" in df.columns and not finding_columns(df):
+        for i, (raw, src) in enumerate(zip(df["labels"], df["source"])):
+            found.extend((i, src, name) for name in unknown_labels(split_labels(raw), str(src)))
+    return pd.DataFrame(found, columns=["row", "source", "label"])
 
 
 @dataclass
