@@ -319,7 +319,7 @@ def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> t
 
     The head's zero-shot scores are Platt-calibrated on the training part's known labels; with a run
     folder, the fitted head is saved there so that ``serve`` answers with exactly what was evaluated."""
-    from ..inference.heads import MIN_CALIBRATION_LABELS, FindingsHead
+    from ..inference.heads import MIN_CALIBRATION_LABELS, FindingsHead, load_findings_head
     from ..inference.report import DEFAULT_THRESHOLDS, structured_report
     from .suite import TaskSkipped
 
@@ -327,12 +327,17 @@ def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> t
     if not findings:
         raise TaskSkipped(f"no finding has prompts in {context.prompts_source}")
     head = FindingsHead.zero_shot(context.model, findings, context.prompts, context.logit_scale)
+    train_hash = split.train.content_hash()
+    if context.run_dir is not None:  # keep the probe the probe task fitted on this same training part
+        saved, _ = load_findings_head(context.run_dir, context.model, findings, context.prompts, context.logit_scale)
+        if saved.probe and saved.fitted_on.get("data_hash") == train_hash:
+            head.probe = dict(saved.probe)
     cols = [FINDINGS.index(f) for f in findings]
     train_labels = split.train.labels()[split.train_rows][:, cols]  # (N, F)
     labelled = np.flatnonzero(~np.isnan(train_labels).all(axis=1))
     if len(labelled):
         head.fit_calibration(_train_embeddings(context, split, labelled), train_labels[labelled])
-    head.fitted_on = {"data_hash": split.train.content_hash(), "n_rows": int(len(labelled)),
+    head.fitted_on = {"data_hash": train_hash, "n_rows": int(len(labelled)),
                       "split": split.describe()}
     probs = head.predict(eval_emb)  # (M, F)
     generated = [structured_report(dict(zip(findings, row))) for row in probs]
