@@ -10,6 +10,8 @@ so that bone is always bright. Pixels equal to Pixel Padding Value (outside the 
 set to black and left out of the min-max scaling. The result is min-max scaled to [0, 1]: DICOM
 values have no fixed range (12-, 14-, 15-bit detectors, Hounsfield units), and the model's own
 normalisation travels with its config, not with the file.
+Compressed pixel data (JPEG Lossless, 12-bit JPEG, JPEG-LS, JPEG 2000, RLE) is decompressed by
+pydicom's decoder plug-ins, see :mod:`cxrfm.data.dicom_codecs`.
 
 PNG and JPEG: 8-bit files are divided by 255 (their range is the file's own); 16-bit and 32-bit
 integer files are min-max scaled because a 16-bit container rarely says how many bits it holds
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageReadError
+from .dicom_codecs import decode_pixel_array
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -323,13 +326,24 @@ def _has_pixels(ds) -> bool:
 
 def _check_dicom_header(ds, name: str) -> tuple[int, int]:
     if not _has_pixels(ds):
+        # pydicom drops an element cut off by the end of the file (or the whole data set, when the cut falls
+        # inside an undefined-length sequence), so a truncated image looks pixel-less: say which it is.
+        meta_class = getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+        if "Rows" in ds:
+            raise ImageReadError(f"{name}: a DICOM file with no pixel data, although its header describes a "
+                                 f"{ds.get('Columns')}x{ds.get('Rows')} image: the file is probably truncated; "
+                                 f"copy or export it again")
+        if meta_class is not None and "Image Storage" in meta_class.name:
+            raise ImageReadError(f"{name}: a DICOM file with no pixel data, although its file meta names an "
+                                 f"{meta_class.name}: the data set ends early, the file is truncated; copy or "
+                                 f"export it again")
         what = ds.get("Modality") or ds.get("SOPClassUID", "unknown")
         raise ImageReadError(f"{name}: a DICOM file with no pixel data (Modality/SOP class {what}); it is not "
                              f"an image (a report, plan or structured document?). Give the image file instead")
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    rows, cols = _int_element(ds, "Rows", 0, name), _int_element(ds, "Columns", 0, name)
     if rows < 1 or cols < 1:
         raise ImageReadError(f"{name}: DICOM Rows/Columns are missing or zero ({rows}x{cols}); re-export the file")
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = _int_element(ds, "NumberOfFrames", 1, name)
     if frames > 1:
         raise ImageReadError(f"{name}: a 3-D volume / multi-frame DICOM ({frames} frames of {cols}x{rows}); "
                              f"cxrfm reads 2-D radiographs: export the frame you want as its own file")
@@ -339,23 +353,24 @@ def _check_dicom_header(ds, name: str) -> tuple[int, int]:
     return rows, cols
 
 
+def _int_element(ds, keyword: str, default: int, name: str) -> int:
+    """An integer header element; a malformed value (e.g. NumberOfFrames '1A') is an error, not a crash."""
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError) as e:
+        raw = ds[keyword].value if keyword in ds else None
+        raise ImageReadError(f"{name}: DICOM {keyword} is {raw!r}, not a whole number ({e}); the header is "
+                             f"malformed: re-export the file") from None
+
+
 def _decode_dicom(ds, name: str, apply_voi: bool = True) -> np.ndarray:
     """DICOM data set -> float32 (H, W) in [0, 1]: Modality LUT, VOI LUT, MONOCHROME1, padding, min-max."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     _check_dicom_header(ds, name)
     _set_missing_transfer_syntax(ds)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = ds.pixel_array
-    except Exception as e:  # missing decoder plug-in, truncated or corrupt pixel data
-        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        ts = f"{tsyntax.name} ({tsyntax})" if tsyntax else "unknown transfer syntax"
-        raise ImageReadError(
-            f"{name}: DICOM pixel data cannot be decoded, {ts}: {type(e).__name__}: {e}. If a decoder is "
-            f"missing, install one (pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg); if the file is "
-            f"truncated, re-export it") from e
+    raw = decode_pixel_array(ds, name)  # decoder plug-ins; the error names the package that would help
     if raw.ndim != 2 and not (raw.ndim == 3 and raw.shape[-1] in (3, 4) and int(ds.get("SamplesPerPixel", 1)) > 1):
         raise ImageReadError(f"{name}: pixel array has shape {raw.shape}, a 3-D volume; cxrfm reads 2-D "
                              f"radiographs: export one frame as its own file")
