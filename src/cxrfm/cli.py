@@ -27,18 +27,26 @@ EPILOG = """examples:
 
 # ---------------------------------------------------------------- ingest
 def _add_ingest(sub):
-    from .data.sources import FORMATS
+    from .data.sources import list_layouts
 
     p = sub.add_parser(
         "ingest", help="read a dataset layout and write a validated manifest",
         description="Read images + reports/labels from a known layout and write DIR/manifest.csv "
-                    "(one row per image, paths relative to DIR). Rows whose image is missing or unreadable "
-                    "are skipped, counted, and listed in DIR/skipped_rows.csv.")
+                    "(one row per image, paths relative to DIR). Rows whose image is missing or does not decode "
+                    "are skipped, counted, and kept with every column in DIR/skipped_rows.csv; raw labels cxrfm "
+                    "cannot map keep their rows and are listed in DIR/unmapped_labels.csv. Never writes over "
+                    "an input file.")
     p.add_argument("src", type=Path, help="the dataset root folder (or the manifest/CSV file for --format manifest)")
-    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="the layout of SRC")
+    p.add_argument("--format", required=True, choices=list_layouts(), help="the layout of SRC")
     p.add_argument("--out", required=True, type=Path, help="output folder for manifest.csv")
-    p.add_argument("--check-images", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode the header of every image and skip unreadable ones (default: on)")
+    p.add_argument("--check-images", choices=["decode", "header", "none"], default="decode",
+                   help="decode = decode every image fully (default; catches truncated files), header = read "
+                        "headers only (faster; the summary says truncation was not checked), none = existence only")
+    p.add_argument("--no-check-images", dest="check_images", action="store_const", const="none",
+                   help="same as --check-images none")
+    p.add_argument("--strict", action="store_true",
+                   help="a raw label cxrfm cannot map is an error naming the row (default: keep the row, "
+                        "count and list the label)")
     p.add_argument("--source", default=None,
                    help="--format folder: the `source` name of every row (default: SRC's folder name)")
     p.add_argument("--patient-pattern", default=None, metavar="REGEX",
@@ -52,7 +60,7 @@ def _run_ingest(args) -> int:
     from .data.sources import ingest
 
     result = ingest(args.src, fmt=args.format, out_dir=args.out, check_images=args.check_images, progress=True,
-                    source=args.source, patient_pattern=args.patient_pattern)
+                    strict=args.strict, source=args.source, patient_pattern=args.patient_pattern)
     print(result.summary())
     return 0
 

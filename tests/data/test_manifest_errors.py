@@ -6,10 +6,12 @@ import gzip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cxrfm.cli import main
+from cxrfm.data.findings import FINDING_INDEX
 from cxrfm.data.schema import Manifest
 
 
@@ -46,9 +48,9 @@ def test_missing_image_is_skipped_with_count_and_file(small_manifest, tmp_path, 
     printed = capsys.readouterr().out
     assert "4 rows" in printed and "skipped 1 rows (missing image 1)" in printed and "skipped_rows.csv" in printed
     skipped = pd.read_csv(out / "skipped_rows.csv")
-    assert list(skipped["kind"]) == ["missing image"]
-    assert skipped["origin"][0].endswith("manifest.csv line 3")  # the table's own line number
-    assert str(gone) in skipped["reason"][0] and "put it there or drop the row" in skipped["reason"][0]
+    assert list(skipped["skip_kind"]) == ["missing image"]
+    assert skipped["skip_origin"][0].endswith("manifest.csv line 3")  # the table's own line number
+    assert str(gone) in skipped["skip_reason"][0] and "put it there or drop the row" in skipped["skip_reason"][0]
     assert len(Manifest.load(out / "manifest.csv")) == 4
 
 
@@ -59,7 +61,7 @@ def test_non_image_with_image_extension_is_skipped(small_manifest, tmp_path, cap
     assert ingest(small_manifest, "manifest", out) == 0
     assert "skipped 1 rows (unreadable image 1)" in capsys.readouterr().out
     skipped = pd.read_csv(out / "skipped_rows.csv")
-    assert skipped["kind"][0] == "unreadable image" and img.name in skipped["reason"][0]
+    assert skipped["skip_kind"][0] == "unreadable image" and img.name in skipped["skip_reason"][0]
     # re-running after the fix removes the stale list
     shutil.copyfile(small_manifest.parent / pd.read_csv(small_manifest)["image"][1], img)
     assert ingest(small_manifest, "manifest", out) == 0
@@ -80,8 +82,8 @@ def test_exact_duplicate_rows_are_dropped_with_count(small_manifest, tmp_path, c
     assert ingest(small_manifest, "manifest", tmp_path / "out") == 0
     assert "skipped 1 rows (exact duplicate 1)" in capsys.readouterr().out
     skipped = pd.read_csv(tmp_path / "out" / "skipped_rows.csv")
-    assert skipped["origin"][0].endswith("line 7") and "identical to" in skipped["reason"][0]
-    assert skipped["reason"][0].split("identical to ")[1].startswith(str(small_manifest) + " line 4")
+    assert skipped["skip_origin"][0].endswith("line 7") and "identical to" in skipped["skip_reason"][0]
+    assert skipped["skip_reason"][0].split("identical to ")[1].startswith(str(small_manifest) + " line 4")
     assert len(Manifest.load(tmp_path / "out" / "manifest.csv")) == 5
 
 
@@ -97,15 +99,40 @@ def test_conflicting_duplicate_rows_are_an_error_naming_both(small_manifest, tmp
     assert "keep one row per image" in err
 
 
-def test_unknown_label_name_is_an_error_naming_the_row(small_manifest, tmp_path, capsys):
+def test_unknown_label_name_keeps_the_row_and_lists_it(small_manifest, tmp_path, capsys):
     def bad(df):
         df.loc[1, "labels"] = "Pneumonia;Banana"
         df.loc[1, "source"] = "my-hospital"
         return df
     edit(small_manifest, bad)
-    assert ingest(small_manifest, "manifest", tmp_path / "out") == 2
+    out = tmp_path / "out"
+    assert ingest(small_manifest, "manifest", out) == 0
+    printed = capsys.readouterr().out
+    assert "5 rows" in printed and "1 rows kept with 1 raw label name(s) cxrfm cannot map ('Banana' 1)" in printed
+    assert str(out / "unmapped_labels.csv") in printed and "--strict" in printed
+    listed = pd.read_csv(out / "unmapped_labels.csv")
+    assert listed[["source", "label"]].values.tolist() == [["my-hospital", "Banana"]]
+    assert listed["origin"][0].endswith("manifest.csv line 3")
+    m = Manifest.load(out / "manifest.csv")
+    assert m.labels()[1, FINDING_INDEX["Pneumonia"]] == 1  # the row keeps what it does know
+    # --strict turns it into an error naming the row; a clean re-run removes the stale list
+    assert ingest(small_manifest, "manifest", tmp_path / "strict", "--strict") == 2
     err = capsys.readouterr().err
     assert "manifest.csv line 3" in err and "'Banana'" in err and "use one of the canonical findings" in err
+    edit(small_manifest, lambda df: df.assign(labels=df["labels"].str.replace(";Banana", "")))
+    assert ingest(small_manifest, "manifest", out) == 0
+    assert not (out / "unmapped_labels.csv").exists()
+
+
+def test_covid_chestxray_bare_leaf_and_paths_ingest(small_manifest, tmp_path, capsys):
+    """A held-out covid-chestxray-dataset slice carries `Bacterial`; later releases carry paths."""
+    raw = ["Bacterial", "Pneumonia/Viral/COVID-19", "Pneumonia/Fungal/Pneumocystis", "todo", "Tuberculosis"]
+    edit(small_manifest, lambda df: df.assign(source="covid-chestxray-dataset", labels=raw))
+    assert ingest(small_manifest, "manifest", tmp_path / "out", "--strict") == 0
+    assert "cannot map" not in capsys.readouterr().out
+    y = Manifest.load(tmp_path / "out" / "manifest.csv").labels()
+    assert y[0, FINDING_INDEX["Bacterial pneumonia"]] == 1 and y[1, FINDING_INDEX["COVID-19"]] == 1
+    assert y[2, FINDING_INDEX["Viral pneumonia"]] == 0 and np.isnan(y[3]).all()
 
 
 def test_bad_finding_column_value_names_the_row(small_manifest, tmp_path, capsys):
@@ -202,8 +229,8 @@ def test_non_utf8_report_skips_its_rows_with_reason(shared_data, iu_text, tmp_pa
     err = capsys.readouterr().err
     assert "all 2 rows were skipped" in err
     skipped = pd.read_csv(tmp_path / "out" / "skipped_rows.csv")
-    assert list(skipped["kind"]) == ["bad report"] * 2
-    reason = skipped["reason"][0]
+    assert list(skipped["skip_kind"]) == ["bad report"] * 2
+    reason = skipped["skip_reason"][0]
     assert "s50000001.txt: report is not UTF-8" in reason and "re-save it as UTF-8" in reason
 
 
@@ -230,8 +257,8 @@ def test_iu_xml_not_utf8_is_skipped(shared_data, tmp_path, capsys):
     assert ingest(src, "iu-xray", tmp_path / "out") == 0
     assert "skipped 1 rows (bad report 1)" in capsys.readouterr().out
     skipped = pd.read_csv(tmp_path / "out" / "skipped_rows.csv")
-    assert skipped["origin"][0] == "ecgen-radiology/2.xml"
-    assert "not a well-formed UTF-8 report XML" in skipped["reason"][0] and "re-extract it" in skipped["reason"][0]
+    assert skipped["skip_origin"][0] == "ecgen-radiology/2.xml"
+    assert "not a well-formed UTF-8 report XML" in skipped["skip_reason"][0] and "re-extract it" in skipped["skip_reason"][0]
 
 
 @pytest.fixture()

@@ -89,7 +89,7 @@ def test_manifest_parquet_and_no_image_check(shared_data, tmp_path, capsys):
     assert ingest(tmp_path / "export.parquet", "manifest", tmp_path / "out2") == 0
     assert "skipped 1 rows (unreadable image 1)" in capsys.readouterr().out
     skipped = pd.read_csv(tmp_path / "out2" / "skipped_rows.csv")
-    assert skipped["origin"][0] == f"{tmp_path / 'export.parquet'} row 4"
+    assert skipped["skip_origin"][0] == f"{tmp_path / 'export.parquet'} row 4"
     m = Manifest.load(tmp_path / "out2" / "manifest.csv")
     assert len(m) == 3
     assert [(int(w), int(h)) for w, h in zip(m.table["width"], m.table["height"])] == [

@@ -19,13 +19,14 @@ with Plus alone, images are looked for at ``SRC/<path>`` and ``SRC/PNG/<path>`` 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
 from ..findings import CHEXPERT_14
 from ..schema import read_table
-from . import ORIGIN
+from . import ORIGIN, copy_image, register_layout
 
 SOURCE = "chexpert"
 LICENSE = "Stanford University School of Medicine CheXpert Dataset Research Use Agreement"
@@ -34,6 +35,22 @@ LABEL_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + CHEXPERT_14
 SEX = {"male": "M", "female": "F", "m": "M", "f": "F"}
 
 
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """``root/CheXpert-v1.0-small/train.csv`` + ``train/patientN/study1/view1_frontal.jpg`` (1 / 0 / -1 / blank)."""
+    base = root / "CheXpert-v1.0-small"
+    values = ["1.0", "0.0", "-1.0", ""]
+    rows = []
+    for i, png in enumerate(images):
+        rel = f"train/patient{i + 1:05d}/study1/view1_frontal.jpg"
+        copy_image(png, base / rel)
+        rows.append({"Path": f"CheXpert-v1.0-small/{rel}", "Sex": "Female", "Age": str(50 + i),
+                     "Frontal/Lateral": "Frontal", "AP/PA": "AP",
+                     **{f: values[(i + j) % len(values)] for j, f in enumerate(CHEXPERT_14)}})
+    pd.DataFrame(rows).to_csv(base / "train.csv", index=False)
+    return root
+
+
+@register_layout("chexpert", example=write_example)
 def read_rows(src: Path) -> pd.DataFrame:
     """One row per image of train.csv/valid.csv and/or df_chexpert_plus_*.csv (paths relative to SRC)."""
     src = Path(src)
@@ -54,7 +71,9 @@ def read_rows(src: Path) -> pd.DataFrame:
             # CheXpert labels + Plus reports: the label table decides which images exist.
             reports = plus.drop_duplicates("key").set_index("key")["report"]
             rows["report"] = rows["key"].map(reports).fillna("")
-    return rows.drop(columns="key", errors="ignore")
+    rows = rows.drop(columns="key", errors="ignore")
+    rows.attrs["inputs"] = label_tables + plus_tables
+    return rows
 
 
 def _label_rows(src: Path, path: Path) -> pd.DataFrame:

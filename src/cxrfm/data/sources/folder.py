@@ -10,6 +10,9 @@ the COVID-19 Radiography Database ``{COVID,Normal,Lung_Opacity,Viral Pneumonia}/
   case-insensitively and ignoring ``_``/``-``; ``NORMAL`` -> ``No Finding``. A sub-type brings
   its parent (``Viral Pneumonia`` -> ``Pneumonia;Viral pneumonia``). A folder that matches no
   finding is an error naming it: guessing a label would poison evaluation.
+* The set is exhaustive over its own classes only: the finding columns of the class findings are
+  written (1 for the image's class; 0 for the other classes on a normal image; ``No Finding`` 0 on
+  an abnormal one), every other finding stays unknown.
 * Images may sit at any depth under the class folder. ``patient_id`` is the file stem unless
   ``patient_pattern`` (a regular expression searched in the path relative to SRC; its group
   ``patient``, else group 1, else the match) is given. ``source`` is SRC's folder name unless given.
@@ -19,12 +22,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
 from ..findings import CHILDREN, FINDINGS
-from . import ORIGIN
+from . import ORIGIN, copy_image, register_layout
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
@@ -52,6 +56,15 @@ def canonical_findings(folder_name: str) -> tuple[str, ...] | None:
     return parents + (name,)
 
 
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """Kermany's tree: ``root/chest_xray/{train,test}/{NORMAL,PNEUMONIA}/personN_*.jpeg``."""
+    for i, png in enumerate(images):
+        split, cls = ("train", "test")[i % 2], ("NORMAL", "PNEUMONIA")[(i // 2) % 2]
+        copy_image(png, root / "chest_xray" / split / cls / f"person{i}_virus_{i}.jpeg")
+    return root / "chest_xray"
+
+
+@register_layout("folder", example=write_example)
 def read_rows(src: Path, source: str | None = None, patient_pattern: str | None = None) -> pd.DataFrame:
     """One row per image under SRC's class folders (paths relative to SRC)."""
     src = Path(src)
@@ -91,7 +104,21 @@ def read_rows(src: Path, source: str | None = None, patient_pattern: str | None 
     df = pd.DataFrame(rows)
     if not df.empty and df["source_split"].isna().all():
         df = df.drop(columns="source_split")
+    if not df.empty:
+        classes = {f for d, _ in class_dirs for f in canonical_findings(d.name)}
+        for f in FINDINGS:
+            if f in classes:
+                df[f] = [_class_value(f, set(labels.split(";"))) for labels in df["labels"]]
     return df
+
+
+def _class_value(finding: str, own: set[str]) -> float:
+    """A class-folder set knows only its classes: an image is positive for its folder's findings, a
+    normal image is a known negative for the other classes' findings, an abnormal one is not normal;
+    anything else (a pneumonia image and another class's finding) stays unknown."""
+    if finding in own:
+        return 1.0
+    return 0.0 if "No Finding" in own or finding == "No Finding" else float("nan")
 
 
 def _subdirs(d: Path) -> list[Path]:

@@ -20,17 +20,44 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
-from . import ORIGIN, SKIP
+from . import ORIGIN, SKIP, copy_image, register_layout
 
 SOURCE = "iu-xray-openi"
 REPORT_DIR = "ecgen-radiology"
 SECTIONS = ("FINDINGS", "IMPRESSION")
 
 
+_EXAMPLE_XML = """<?xml version="1.0" encoding="utf-8"?>
+<eCitation><uId id="CXR{n}"/><licenseURL>http://creativecommons.org/licenses/by-nc-nd/4.0/</licenseURL>
+<MedlineCitation><Article><Abstract>
+<AbstractText Label="FINDINGS">{findings}</AbstractText><AbstractText Label="IMPRESSION">{impression}</AbstractText>
+</Abstract></Article></MedlineCitation><MeSH><major>{mesh}</major></MeSH>{images}</eCitation>
+"""
+
+
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """``root/ecgen-radiology/N.xml`` (two images per report) + ``root/NLMCXR_png/CXRN_k_IM-....png``."""
+    texts = [("The lungs are clear.", "No acute disease.", "normal"),
+             ("Heart size is enlarged.", "Cardiomegaly.", "Cardiomegaly/mild"),
+             ("Patchy opacity at the left base.", "Possible pneumonia.", "Opacity/lung/base/left")]
+    (root / REPORT_DIR).mkdir(parents=True, exist_ok=True)
+    for n in range(1, (len(images) + 1) // 2 + 1):
+        ids = [f"CXR{n}_{k}_IM-{n:04d}-{k}001" for k in (1, 2) if 2 * (n - 1) + k - 1 < len(images)]
+        for k, image_id in enumerate(ids):
+            copy_image(images[2 * (n - 1) + k], root / "NLMCXR_png" / f"{image_id}.png")
+        findings, impression, mesh = texts[n % len(texts)]
+        (root / REPORT_DIR / f"{n}.xml").write_text(_EXAMPLE_XML.format(
+            n=n, findings=findings, impression=impression, mesh=mesh,
+            images="".join(f'<parentImage id="{i}"/>' for i in ids)), encoding="utf-8")
+    return root
+
+
+@register_layout("iu-xray", example=write_example)
 def read_rows(src: Path) -> pd.DataFrame:
     """One row per image referenced by SRC/ecgen-radiology/*.xml (paths relative to SRC)."""
     src = Path(src)
@@ -72,6 +99,7 @@ def read_rows(src: Path) -> pd.DataFrame:
                 SKIP: None,
             })
     df = pd.DataFrame(rows)
+    df.attrs["inputs"] = xmls
     if n_without_images:
         df.attrs["notes"] = [f"{n_without_images} report XMLs list no image (no <parentImage>) and add no row"]
     return df

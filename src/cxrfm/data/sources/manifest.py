@@ -8,16 +8,32 @@ unreadable; it is how a user's own hospital export enters cxrfm.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
 from ..schema import read_table
-from . import ORIGIN
+from . import ORIGIN, copy_image, register_layout
 
 TABLE_NAMES = ("manifest.csv", "manifest.parquet")
 
 
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """A hospital-style export: ``root/export.csv`` + ``root/images/``, one label spelling per row."""
+    labels = ["Pneumonia", "No Finding", "Cardiomegaly;Effusion", "Edema", ""]
+    reports = ["Right lower lobe consolidation.", "No acute cardiopulmonary abnormality.",
+               "Enlarged heart. Small bilateral effusions.", "", "   "]
+    rows = []
+    for i, png in enumerate(images):
+        copy_image(png, root / "images" / f"img{i}.png")
+        rows.append({"image": f"images/img{i}.png", "patient_id": f"p{i // 2}", "source": "my-hospital",
+                     "labels": labels[i % len(labels)], "report": reports[i % len(reports)]})
+    pd.DataFrame(rows).to_csv(root / "export.csv", index=False)
+    return root / "export.csv"
+
+
+@register_layout("manifest", example=write_example)
 def read_rows(src: Path) -> pd.DataFrame:
     """Rows of the table at ``src`` (a .csv/.parquet file, or a folder holding manifest.csv/.parquet)."""
     path = Path(src)
@@ -41,4 +57,5 @@ def read_rows(src: Path) -> pd.DataFrame:
     parquet = path.suffix.lower() in {".parquet", ".pq"}
     # CSV rows are named by their line in the file (header = line 1), as an editor shows them.
     df[ORIGIN] = [f"{path} row {i + 1}" if parquet else f"{path} line {i + 2}" for i in range(len(df))]
+    df.attrs["inputs"] = [path]
     return df

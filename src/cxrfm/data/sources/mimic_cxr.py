@@ -16,13 +16,15 @@ not part of MIMIC-CXR (they live in MIMIC-IV) and are left empty.
 """
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
 from ..findings import CHEXPERT_14
-from . import ORIGIN, SKIP
+from . import ORIGIN, SKIP, copy_image, register_layout
 
 SOURCE = "mimic-cxr"
 LICENSE = "PhysioNet Credentialed Health Data License 1.5.0"
@@ -32,6 +34,24 @@ SPLIT = "mimic-cxr-2.0.0-split.csv"
 REPORT_DIRS = ("files", "mimic-cxr-reports/files")
 
 
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """Metadata + CheXpert label tables (.csv.gz), ``files/p10/p1000000N/s5000000N/<dicom_id>.jpg`` + report."""
+    meta = ["dicom_id,subject_id,study_id,ViewPosition"]
+    labels = ["subject_id,study_id," + ",".join(CHEXPERT_14)]
+    for i, png in enumerate(images):
+        subject, study = f"1000000{i}", f"5000000{i}"
+        copy_image(png, root / "files" / "p10" / f"p{subject}" / f"s{study}" / f"d{i}.jpg")
+        (root / "files" / "p10" / f"p{subject}" / f"s{study}.txt").write_text(
+            "FINDINGS: Small left pleural effusion.\nIMPRESSION: Effusion." if i % 2 else "", encoding="utf-8")
+        meta.append(f"d{i},{subject},{study},{'PA' if i % 2 else 'LATERAL'}")
+        labels.append(f"{subject},{study}," + ",".join("1.0" if (i + j) % 5 == 0 else "" for j in range(14)))
+    for name, lines in ((METADATA, meta), (LABELS, labels)):
+        with gzip.open(root / f"{name}.gz", "wt", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
+@register_layout("mimic-cxr", example=write_example)
 def read_rows(src: Path) -> pd.DataFrame:
     """One row per image listed in the metadata table (paths relative to SRC)."""
     src = Path(src)
@@ -82,6 +102,7 @@ def read_rows(src: Path) -> pd.DataFrame:
                      "reports are empty (unzip mimic-cxr-reports.zip into SRC to add them)")
     rows = rows.drop(columns=["subject_id", "study_id"])
     rows.attrs["notes"] = notes
+    rows.attrs["inputs"] = [p for p in (meta_path, label_path, split_path) if p is not None]
     return rows
 
 

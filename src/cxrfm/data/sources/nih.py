@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ...errors import ManifestError
 from ..schema import read_table
-from . import ORIGIN
+from . import ORIGIN, copy_image, register_layout
 
 SOURCE = "nih-chestxray14"
 LICENSE = "public, unrestricted use, attribution required"
@@ -32,6 +33,19 @@ TABLE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv",
 COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender", "View Position")
 
 
+def write_example(root: Path, images: Sequence[Path]) -> Path:
+    """``root/Data_Entry_2017.csv`` (the 2017 age format) + ``root/images_001/images/*.png``."""
+    labels = ["No Finding", "Cardiomegaly|Effusion", "Infiltration|Nodule", "Hernia"]
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"]
+    for i, png in enumerate(images):
+        name = f"{i + 1:08d}_000.png"
+        copy_image(png, root / "images_001" / "images" / name)
+        lines.append(f"{name},{labels[i % len(labels)]},0,{i + 1:05d},0{40 + i}Y,{'MF'[i % 2]},PA")
+    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@register_layout("nih", example=write_example)
 def read_rows(src: Path) -> pd.DataFrame:
     """One row per line of Data_Entry_2017 (paths relative to SRC)."""
     src = Path(src)
@@ -65,6 +79,7 @@ def read_rows(src: Path) -> pd.DataFrame:
     })
     if split:
         out["source_split"] = [split.get(n) for n in df["Image Index"]]
+    out.attrs["inputs"] = [table_path]
     return out
 
 
