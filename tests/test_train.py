@@ -116,15 +116,18 @@ class HalfCurator(Curator):
     kill_at: int | None = None
     log: list = []
 
-    def __init__(self, n, budget=1.0, seed=0, **kwargs):
-        super().__init__(n, budget, seed, **kwargs)
+    def __init__(self, context, **options):
+        super().__init__(context, **options)
         self.calls = 0
-        self.kept = np.zeros(n, dtype=bool)
+        self.kept = np.zeros(self.n, dtype=bool)
 
     def begin_epoch(self, epoch, embed):
         img, txt = embed(np.arange(self.n))
         HalfCurator.log.append(("begin", epoch, img.shape, txt.shape,
                                 float(np.abs(np.linalg.norm(img, axis=1) - 1).max())))
+
+    def selects(self, epoch):
+        return True
 
     def select(self, epoch, idx, img, txt):
         self.calls += 1

@@ -63,6 +63,7 @@ class ModelConfig:
     text_hf_config: dict | None = None
 
     def __post_init__(self):
+        check_field_types(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss {self.loss!r}: unknown; choose one of {', '.join(LOSSES)}")
         if self.image_size < 16:
@@ -105,6 +106,9 @@ class TrainConfig:
     log_every: int = 10
     # Steps between checkpoints (one is also written at the end and on SIGINT/SIGTERM).
     checkpoint_every: int = 200
+    # ... and seconds between them, whichever comes first: a kill -9 (an OOM kill, a pre-empted node)
+    # then loses at most this much work even when steps are slow or few.
+    checkpoint_every_s: float = 300.0
     # Batch size of no-grad passes (curators' begin_epoch embeddings, text caching).
     embed_batch_size: int = 256
     # Pairs sharing the same text (template pseudo-reports repeat) are positives of each other instead
@@ -113,14 +117,46 @@ class TrainConfig:
     same_text_positive: bool = True
 
     def __post_init__(self):
+        check_field_types(self)
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError(f"epochs ({self.epochs}) must be >= 1 and batch_size ({self.batch_size}) >= 2")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not 0 < self.crop_scale <= 1:
             raise ConfigError(f"crop_scale {self.crop_scale}: must be in (0, 1]")
-        if self.lr <= 0 or self.checkpoint_every < 1 or self.log_every < 1:
-            raise ConfigError("lr must be > 0; checkpoint_every and log_every >= 1")
+        if not self.lr > 0:  # written so that NaN fails too (every comparison with NaN is False)
+            raise ConfigError(f"train.lr = {self.lr}: the learning rate must be a finite number > 0, e.g. "
+                              f"--set train.lr=0.001")
+        if self.checkpoint_every < 1 or self.log_every < 1 or not self.checkpoint_every_s > 0:
+            raise ConfigError("checkpoint_every and log_every must be >= 1 and checkpoint_every_s > 0")
+        for name in ("weight_decay", "warmup_fraction", "min_lr_fraction", "grad_clip", "max_rotation_deg"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} {getattr(self, name)}: must be a finite number >= 0")
+
+
+_NUMBER_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_field_types(cfg) -> None:
+    """Refuse a value of the wrong type or a non-finite number with the field's name.
+
+    Overrides arrive from the command line as JSON-or-text (``--set train.lr=nan`` is the text "nan"),
+    and a comparison with the wrong type would otherwise surface as a TypeError traceback, a NaN as
+    a run that trains to all-NaN weights.
+    """
+    section = "model" if isinstance(cfg, ModelConfig) else "train"
+    for f in dataclasses.fields(cfg):
+        want = _NUMBER_TYPES.get(str(f.type))
+        if want is None:
+            continue
+        value = getattr(cfg, f.name)
+        ok = isinstance(value, want) and (str(f.type) == "bool" or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{section}.{f.name} = {value!r}: expected {f.type}, e.g. "
+                              f"--set {section}.{f.name}={json.dumps(f.default)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name} = {value}: must be a finite number, e.g. "
+                              f"--set {section}.{f.name}={json.dumps(f.default)}")
 
 
 def list_presets() -> list[str]:

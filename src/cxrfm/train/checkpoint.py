@@ -1,11 +1,8 @@
-"""Run dirs and resumable checkpoints, without pickle.
+"""Resumable checkpoints of a run folder, without pickle (the folder's layout is :class:`cxrfm.run.RunDir`'s).
 
-A run dir::
-
-    RUN/config.json          {"model": ..., "train": ..., "run": identity}; load_config(RUN) reads it
-    RUN/model.safetensors    latest weights; with config.json, all cxrfm.load_model needs
-    RUN/state/trainer.json   step, epoch, position in the epoch, curator state, accounting: the commit point
-    RUN/state/model-<step>.safetensors, optimizer-<step>.safetensors, curator-<step>.safetensors
+What a checkpoint holds: the weights (``model.safetensors`` and ``state/model-<step>``), the optimiser
+and curator tensors (``state/optimizer-<step>``, ``state/curator-<step>``) and ``state/trainer.json``
+(step, epoch, position in the epoch, curator state, accounting, the weights' sha256: the commit point).
 
 Every file is written to a temp name and ``os.replace``-d (atomic on POSIX and Windows). A checkpoint is
 committed when ``trainer.json`` (which names its ``-<step>`` files) is replaced, so a crash mid-write
@@ -26,9 +23,7 @@ import torch
 from ..atomic import atomic_path
 from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..errors import RunDirError
-
-STATE_DIR = "state"
-TRAINER_JSON = "trainer.json"
+from ..run import RunDir, sha256_file
 
 
 # ------------------------------------------------------------------ atomic files
@@ -129,9 +124,9 @@ def normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def check_run_dir(run_dir: Path, identity: dict, resume: bool) -> bool:
+def check_run_dir(run: RunDir, identity: dict, resume: bool) -> bool:
     """Refuse to mix two runs in one dir. Returns True when there is a checkpoint to resume from."""
-    cfg_path = run_dir / "config.json"
+    run_dir, cfg_path = run.path, run.config
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: exists and is not a folder; give a folder for --out")
     if not cfg_path.is_file():
@@ -156,7 +151,7 @@ def check_run_dir(run_dir: Path, identity: dict, resume: bool) -> bool:
     if differs:
         raise RunDirError(f"{run_dir}: --resume with different settings ({'; '.join(differs)}); resume with the "
                           f"original settings, or start a new run in another --out")
-    return (run_dir / STATE_DIR / TRAINER_JSON).is_file()
+    return run.trainer_state.is_file()
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -176,40 +171,46 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def write_run_config(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, identity: dict) -> Path:
+def write_run_config(run: RunDir, model_cfg: ModelConfig, train_cfg: TrainConfig, identity: dict) -> Path:
     d = config_to_dict(model_cfg, train_cfg)
     d["run"] = identity
-    return write_json(run_dir / "config.json", normalise(d))
+    return write_json(run.config, normalise(d))
 
 
-def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, trainer: dict,
-                    curator_state: dict) -> None:
-    """Write model + optimizer + curator + trainer state for ``trainer["step"]``; commit; prune."""
-    state = run_dir / STATE_DIR
+def save_checkpoint(run: RunDir, model, optimizer: torch.optim.Optimizer, trainer: dict,
+                    curator_state: dict, total_steps: int | None = None) -> str:
+    """Write model + optimizer + curator + trainer state for ``trainer["step"]``; commit; prune.
+
+    Returns the sha256 of the weights written, which ``trainer.json`` and ``status.json`` record.
+    """
     step = int(trainer["step"])
-    files = {"model": f"model-{step}.safetensors", "optimizer": f"optimizer-{step}.safetensors",
-             "curator": f"curator-{step}.safetensors"}
-    write_tensors(state / files["model"], model.weights_to_save())
+    paths = {kind: run.state_file(kind, step) for kind in ("model", "optimizer", "curator")}
+    write_tensors(paths["model"], model.weights_to_save())
     opt_skeleton, opt_arrays = optimizer_state(optimizer)
-    write_tensors(state / files["optimizer"], opt_arrays)
+    write_tensors(paths["optimizer"], opt_arrays)
     cur_skeleton, cur_arrays = split_arrays(curator_state)
     trainer_extra, trainer_arrays = split_arrays(trainer)
-    write_tensors(state / files["curator"], {**{f"curator.{k}": v for k, v in cur_arrays.items()},
-                                             **{f"trainer.{k}": v for k, v in trainer_arrays.items()}})
-    write_json(state / TRAINER_JSON, normalise({"files": files, "trainer": trainer_extra, "optimizer": opt_skeleton,
-                                                "curator": cur_skeleton}))
-    link_or_copy(state / files["model"], run_dir / "model.safetensors")
-    keep = set(files.values()) | {TRAINER_JSON}
-    for p in state.iterdir():
+    write_tensors(paths["curator"], {**{f"curator.{k}": v for k, v in cur_arrays.items()},
+                                     **{f"trainer.{k}": v for k, v in trainer_arrays.items()}})
+    digest = sha256_file(paths["model"])
+    done = bool(trainer.get("done", False))
+    write_json(run.trainer_state, normalise({"files": {k: p.name for k, p in paths.items()}, "trainer": trainer_extra,
+                                             "optimizer": opt_skeleton, "curator": cur_skeleton,
+                                             "weights_sha256": digest, "total_steps": total_steps}))
+    link_or_copy(paths["model"], run.weights)
+    run.write_status(step=step, total_steps=total_steps, finished=done, weights_sha256=digest, error=None)
+    keep = {p.name for p in paths.values()} | {run.trainer_state.name}
+    for p in run.state_dir.iterdir():
         if p.name not in keep and not p.name.startswith("."):
             p.unlink(missing_ok=True)
+    return digest
 
 
-def load_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+def load_checkpoint(run: RunDir, model, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Restore model and optimizer in place; return (trainer state, curator state)."""
-    state = run_dir / STATE_DIR
+    state = run.state_dir
     try:
-        meta = json.loads((state / TRAINER_JSON).read_text(encoding="utf-8"))
+        meta = json.loads(run.trainer_state.read_text(encoding="utf-8"))
         files = meta["files"]
         weights = read_tensors(state / files["model"])
         opt_arrays = read_tensors(state / files["optimizer"])

@@ -9,31 +9,31 @@ Per epoch the loop drives the curator (:mod:`cxrfm.train.curation`)::
 
     curator.begin_epoch(epoch, embed)       # embed(rows) -> (img, txt) normalised numpy, no grad
     rows = curator.epoch_rows(epoch)        # shuffled here, with a generator seeded by (seed, epoch)
-    per batch:  keep = curator.select(epoch, idx, img, txt)  -> loss and backward on kept pairs only
+    per batch:  if curator.selects(epoch): keep = curator.select(epoch, idx, img, txt)
+                -> loss and backward on kept pairs only
     curator.end_epoch(epoch)
 
 When the curator selects inside batches, the batch is first embedded without gradients (a scoring
 pass, counted as such), then only the kept pairs go through the training forward and backward: the
 online batch selection of Loshchilov & Hutter (2015) and Mindermann et al. (RHO-LOSS, 2022). A loss
 masked after one full forward would still pay the backward for every sample. Curators that never
-override ``select`` cost no scoring pass.
+declare ``selects`` cost no scoring pass.
 
 Everything random is a function of the seed: initial weights (same seed, same model, whatever the
 curator, so curation arms are paired), the epoch order (seed, epoch) and the augmentation of each
 batch (seed, epoch, batch). A checkpoint therefore only needs the weights, the optimiser, the
 curator's state and the position in the epoch to resume to the same result as an uninterrupted run.
+
+A run says what it is (:meth:`cxrfm.run.RunDir.status`): the step of the weights on disk, whether it
+finished, their sha256; a non-finite loss or gradient stops it with :class:`TrainingDivergedError`
+before the weights are touched. Helpers: :mod:`.inputs` (what goes into the towers), :mod:`.records`
+(metrics.jsonl, curation.json), :mod:`.interrupts` (signals, checkpoint schedule), :mod:`.augment`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
-import json
 import math
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +44,22 @@ from .. import __version__
 from ..config import ModelConfig, TrainConfig, load_config
 from ..data.schema import Manifest
 from ..errors import ConfigError, ManifestError
-from ..models.text import BUNDLED
-from .accounting import (Accounting, epoch_batch_sizes, measure_forward_flops, none_run_accounting,
-                         summarize)
-from .checkpoint import (STATE_DIR, TRAINER_JSON, check_run_dir, load_checkpoint, normalise,
-                         save_checkpoint, write_json, write_run_config)
-from .curation import Curator, build_curator
-from .distributed import (DistContext, any_rank, barrier, gather_sharded, gather_with_grad,
-                          init_distributed, shard, shutdown, wrap_ddp)
+from ..run import RunDir
+from .accounting import Accounting, epoch_batch_sizes
+from .augment import apply_affine, batch_seed, random_affine  # noqa: F401  (apply_affine: public here too)
+from .checkpoint import check_run_dir, load_checkpoint, normalise, save_checkpoint, write_run_config
+from .curation import CurationContext, Curator, curator_class
+from .distributed import DistContext, any_rank, barrier, gather_with_grad, init_distributed, shard, shutdown, wrap_ddp
+from .inputs import PairInputs
+from .interrupts import CheckpointSchedule, StopRequest
 from .losses import contrastive_loss
+from .records import MetricsLog, new_epoch_stats, write_curation, write_debug_fingerprint
 
 NO_DECAY = ("log_scale", "logit_bias")
-# Frozen bundled-MiniLM outputs per (source, max_tokens) -> {text: (H,) tensor}; see _frozen_text_features.
-_TEXT_MEMO: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+
+class TrainingDivergedError(ConfigError):
+    """The loss, a gradient or the weights became NaN/inf: the run stops before saving them."""
 
 
 def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-cpu", curate: str = "balanced",
@@ -67,20 +70,20 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
     """Pretrain a dual encoder on ``data`` (a manifest or its path) into the run dir ``out``.
 
     ``config`` is a preset name or JSON path, ``overrides`` replaces config fields, ``epochs`` overrides
-    the config's. ``curate`` names a curator (:data:`cxrfm.train.curation.CURATORS`) aiming at
+    the config's. ``curate`` names a curator (:func:`cxrfm.train.curation.list_curators`) aiming at
     ``budget`` (fraction of pairs kept, in (0, 1]); ``curator_kwargs`` are its options. Only rows with
     ``split == "train"`` are used when the manifest has a ``split`` column. ``resume`` continues the
     run in ``out`` from its last checkpoint (a finished run is left as is). ``max_steps`` stops after
     that many steps of this call with a checkpoint, as SIGINT/SIGTERM do (for time-boxed jobs).
 
-    Writes ``out/config.json``, ``model.safetensors``, ``metrics.jsonl``, ``curation.json`` and
-    ``state/``; returns ``out``. Under ``torchrun`` every rank calls this; rank 0 writes the files.
+    Writes ``out/config.json``, ``model.safetensors``, ``status.json``, ``training_data.json``,
+    ``metrics.jsonl``, ``curation.json`` and ``state/`` (:class:`cxrfm.run.RunDir`); returns ``out``.
+    Under ``torchrun`` every rank calls this; rank 0 writes the files. A non-finite loss raises
+    :class:`TrainingDivergedError` (a ConfigError: lower ``train.lr``).
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
-        raise ConfigError(f"--budget {budget}: the target fraction of pairs must be in (0, 1], e.g. 0.2")
     ctx = init_distributed()
     try:
-        run = Pretraining(data, Path(out), config, curate, float(budget), epochs, int(seed), bool(resume),
+        run = Pretraining(data, Path(out), config, curate, budget, epochs, int(seed), bool(resume),
                           text_style, overrides or {}, dict(curator_kwargs or {}), progress, cache_dir, ctx)
         return run.run(max_steps=max_steps)
     finally:
@@ -98,34 +101,15 @@ def training_rows(manifest: Manifest) -> np.ndarray:
     return rows
 
 
-def random_affine(n: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2, 3) affine matrices: zoom into a crop of area in [crop_scale, 1], shift it inside the image,
-    rotate by up to ``max_rotation_deg``. No flips (left/right is anatomy in a chest radiograph)."""
-    u = torch.rand(n, 4, generator=generator)  # (n, 4)
-    side = torch.sqrt(cfg.crop_scale + (1 - cfg.crop_scale) * u[:, 0])  # crop side / image side
-    angle = (2 * u[:, 1] - 1) * math.radians(cfg.max_rotation_deg)
-    tx, ty = (2 * u[:, 2] - 1) * (1 - side), (2 * u[:, 3] - 1) * (1 - side)
-    cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
-    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (n, 2, 3)
-
-
-def apply_affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample (B, 1, S, S) images under (B, 2, 3) affine matrices (bilinear, black outside)."""
-    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)  # (B, S, S, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _batch_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 class Pretraining:
     """One pretraining run: set up from the arguments of :func:`pretrain`, then :meth:`run`."""
 
     def __init__(self, data, out: Path, config, curate: str, budget: float, epochs, seed: int, resume: bool,
                  text_style: str, overrides: dict, curator_kwargs: dict, progress: bool, cache_dir, ctx: DistContext):
         self.ctx, self.out, self.seed, self.progress = ctx, out, seed, progress and ctx.is_main
+        self.run_dir = RunDir(out)
         self.curate, self.budget = curate, budget
+        curator_cls = curator_class(curate)  # the one lookup: an unknown name fails before any work
         self.manifest = data if isinstance(data, Manifest) else Manifest.load(data)
         model_cfg, train_cfg = load_config(config, overrides)
         if epochs is not None:
@@ -150,13 +134,17 @@ class Pretraining:
         texts = [t for t in texts if t is not None]
         self.ids = [part.ids[i] for i in np.flatnonzero(has_text)]
         uniq: dict[str, int] = {}
-        self.text_id = np.array([uniq.setdefault(t, len(uniq)) for t in texts], dtype=np.int64)  # (n,)
-        self.texts, self.unique_texts = texts, list(uniq)
+        text_id = np.array([uniq.setdefault(t, len(uniq)) for t in texts], dtype=np.int64)  # (n,)
+        unique_texts = list(uniq)
+        # the budget is checked here, once, by the context every curator is built from
+        curation_context = CurationContext(
+            n=self.n, budget=budget, seed=seed, texts=curator_kwargs.pop("texts", texts),
+            text_features=curator_kwargs.pop("text_features", None))
         self.identity = normalise({
             "model_requested": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
             "data_hash": self.manifest.content_hash(), "n_rows": self.n, "curate": curate, "budget": budget,
             "seed": seed, "text_style": text_style, "curator_kwargs": curator_kwargs, "cxrfm_version": __version__})
-        self.has_state = check_run_dir(out, self.identity, resume)
+        self.has_state = check_run_dir(self.run_dir, self.identity, resume)
         if resume and not self.has_state and ctx.is_main:
             print(f"pretrain: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
 
@@ -164,26 +152,25 @@ class Pretraining:
 
         self.model = build_model(model_cfg, seed=seed).to(ctx.device)
         self.model_cfg: ModelConfig = self.model.config
-        kwargs = dict(curator_kwargs)
-        cls_params = inspect.signature(_curator_class(curate).__init__).parameters
-        if "texts" in cls_params and "texts" not in kwargs:
-            kwargs["texts"] = texts  # curators that cluster by report text get the row-aligned texts
-        if "text_features" in cls_params and "text_features" not in kwargs and model_cfg.text_tower == "minilm" \
-                and self.model.text.frozen:
-            # ... and the loop's cached (and counted) frozen-MiniLM features of those texts, row-aligned
-            kwargs["text_features"] = lambda: self.text_feats[torch.as_tensor(self.text_id)].float().cpu().numpy()
-        self.curator: Curator = build_curator(curate, n=self.n, budget=budget, seed=seed, **kwargs)
+        if curation_context.text_features is None and model_cfg.text_tower == "minilm" and self.model.text.frozen:
+            # curators that cluster by text get the loop's cached (and counted) frozen-MiniLM features
+            curation_context = dataclasses.replace(curation_context,
+                                                   text_features=lambda: self.inputs.row_text_features())
+        self.curator: Curator = curator_cls(curation_context, **curator_kwargs)
         self.optimizer = self._make_optimizer()
         self.acc = Accounting()
         self.step, self.epoch, self.batch_in_epoch, self.order = 0, 0, 0, None
-        self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "seen": 0, "kept": 0, "skipped": 0}
+        self.epoch_stats = new_epoch_stats()
         self.done = False
+        self.total_steps: int | None = None
         if self.has_state:
-            trainer, cur_state = load_checkpoint(out, self.model, self.optimizer)
+            trainer, cur_state = load_checkpoint(self.run_dir, self.model, self.optimizer)
             self.curator.load_state_dict(cur_state)
             self._load_trainer(trainer)
+        self.inputs = PairInputs(self.model, train_cfg, ctx, self.manifest, self.rows, texts, text_id, unique_texts,
+                                 self.acc)
+        self.metrics = MetricsLog(self.run_dir, ctx.is_main)
         self.cache_dir = cache_dir
-        self._stop = False
 
     # ------------------------------------------------------------------ setup pieces
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -210,102 +197,6 @@ class Pretraining:
         self.acc = Accounting.from_dict(t["accounting"])
         self.done = bool(t.get("done", False))
 
-    def _prepare_data(self) -> None:
-        from ..data.cache import ImageCache
-
-        size = self.model.image_size
-        if self.ctx.is_main:
-            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=self.cache_dir, progress=self.progress)
-        barrier(self.ctx)
-        if not self.ctx.is_main:  # the cache exists now: building is a no-op that opens it
-            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=self.cache_dir)
-        self.text_feats = None
-        if self.model.text.frozen:
-            # A frozen text backbone is a pure function of the text: run it once per unique text.
-            self.text_feats = self._frozen_text_features(self.unique_texts)
-            self.acc.text_cache_fwd += len(self.unique_texts)
-        if not self.acc.image_flops_per_sample:
-            s = self.model.image_size
-            self.model.eval()  # eval: a measuring pass must not move BatchNorm statistics
-            self.acc.image_flops_per_sample = measure_forward_flops(
-                self.model.image, torch.zeros(1, 1, s, s, device=self.ctx.device))
-            sample = self.unique_texts[:4]
-            self.acc.text_flops_per_sample = measure_forward_flops(self.model.text_features, sample) / len(sample)
-            self.model.train()
-
-    def _frozen_text_features(self, texts: list[str]) -> torch.Tensor:
-        """(U, H) pooled outputs of the frozen text backbone for ``texts``.
-
-        Texts are batched by length (less padding). For the bundled MiniLM, whose frozen weights are the
-        same in every run, results are memoised for this process (benchmarks and tests run many arms on
-        the same texts); accounting counts the passes all the same, as a standalone run makes them.
-        """
-        memo = None
-        if self.model_cfg.text_tower == BUNDLED and self.model_cfg.text_hf_config is None:
-            memo = _TEXT_MEMO.setdefault((self.model.text.source, self.model.text.max_tokens), {})
-        todo = [t for t in dict.fromkeys(texts) if memo is None or t not in memo]
-        if todo:
-            by_len = sorted(range(len(todo)), key=lambda i: len(todo[i]))
-            ordered = [todo[i] for i in by_len]
-            feats = self._no_grad_sharded(len(ordered), lambda idx: self.model.text_features([ordered[i] for i in idx]))
-            feats = feats.cpu()
-            fresh = {t: feats[j] for j, t in enumerate(ordered)}
-            if memo is None:
-                return torch.stack([fresh[t] for t in texts]).to(self.ctx.device)
-            memo.update(fresh)
-        return torch.stack([memo[t] for t in texts]).to(self.ctx.device)  # (U, H)
-
-    def _no_grad_sharded(self, n: int, fn, chunk: int | None = None) -> torch.Tensor:
-        """fn(indices) -> (k, D) over range(n), rows split across ranks, gathered in order (no grad)."""
-        chunk = chunk or self.train_cfg.embed_batch_size
-        local = shard(np.arange(n), self.ctx)
-        was_training = self.model.training
-        self.model.eval()
-        parts = []
-        with torch.no_grad(), self._autocast():
-            for start in range(0, max(len(local), 1), chunk):
-                idx = local[start:start + chunk]
-                if len(idx):
-                    parts.append(fn(idx).float())
-            if not parts:  # more ranks than rows: still take part in the gather
-                parts.append(fn(np.arange(1)).float()[:0])
-        self.model.train(was_training)
-        return gather_sharded(torch.cat(parts), n, self.ctx)
-
-    def _autocast(self):
-        if self.ctx.device.type == "cuda" and self.train_cfg.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    # ------------------------------------------------------------------ per-sample inputs
-    def _images(self, idx: np.ndarray, theta: torch.Tensor | None) -> torch.Tensor:
-        x = self.cache.batch(self.rows[idx])  # (B, 1, S, S) in [0, 1]
-        if theta is not None:
-            x = apply_affine(x, theta)
-        return x.to(self.ctx.device, non_blocking=True)
-
-    def _text_input(self, idx: np.ndarray):
-        if self.text_feats is not None:
-            return self.text_feats[torch.as_tensor(self.text_id[idx], device=self.text_feats.device)]  # (B, H)
-        return [self.texts[i] for i in idx]
-
-    def embed(self, indices) -> tuple[np.ndarray, np.ndarray]:
-        """The curator's ``embed``: rows -> (img, txt) L2-normalised float32 numpy, no grad, no augmentation."""
-        indices = np.asarray(indices, dtype=np.int64)
-        d = self.model.embed_dim
-
-        def both(local):
-            rows = indices[local]
-            return torch.cat([self.model.encode_image(self._images(rows, None)),
-                              self.model.encode_text(self._text_input(rows))], dim=1)  # (k, 2D)
-
-        z = self._no_grad_sharded(len(indices), both)
-        self.acc.select_image_fwd += len(indices)
-        if self.text_feats is None:
-            self.acc.select_text_fwd += len(indices)
-        z = z.cpu().numpy()
-        return np.ascontiguousarray(z[:, :d]), np.ascontiguousarray(z[:, d:])
-
     # ------------------------------------------------------------------ schedule
     def _lr(self, n_batches: int) -> float:
         cfg = self.train_cfg
@@ -316,32 +207,22 @@ class Pretraining:
         low = cfg.lr * cfg.min_lr_fraction
         return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(q, 1.0)))
 
-    def _selects(self, epoch: int) -> bool:
-        hook = getattr(self.curator, "selects", None)
-        if callable(hook):
-            return bool(hook(epoch))
-        return type(self.curator).select is not Curator.select
+    def _diverged(self, what: str, lr: float, step: int) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"{self.out}: {what} at step {step} (epoch {self.epoch + 1}, lr {lr:.3g}); training stopped "
+            f"without saving them. Lower the learning rate (e.g. --set train.lr={self.train_cfg.lr / 10:g}) "
+            f"and start a new run in another --out")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, gidx: np.ndarray, n_batches: int) -> dict:
         """One global batch: (score and select), forward the kept pairs, loss over all ranks, update."""
-        cfg, ctx = self.train_cfg, self.ctx
+        cfg, ctx, inputs = self.train_cfg, self.ctx, self.inputs
         b = len(gidx)
-        gen = torch.Generator().manual_seed(_batch_seed(self.seed, self.epoch, self.batch_in_epoch))
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, self.batch_in_epoch))
         theta = random_affine(b, cfg, gen) if cfg.augment else None  # (B, 2, 3), same on every rank
-        if self._selects(self.epoch):
-            def score(pos):
-                t = None if theta is None else theta[pos]
-                return torch.cat([self.model.encode_image(self._images(gidx[pos], t)),
-                                  self.model.encode_text(self._text_input(gidx[pos]))], dim=1)
-
-            z = self._no_grad_sharded(b, score).cpu().numpy()
-            d = self.model.embed_dim
-            self.acc.select_image_fwd += b
-            if self.text_feats is None:
-                self.acc.select_text_fwd += b
-            keep = np.asarray(self.curator.select(self.epoch, gidx.copy(), np.ascontiguousarray(z[:, :d]),
-                                                  np.ascontiguousarray(z[:, d:])), dtype=bool).reshape(-1)
+        if self.curator.selects(self.epoch):
+            img, txt = inputs.score(gidx, theta)
+            keep = np.asarray(self.curator.select(self.epoch, gidx.copy(), img, txt), dtype=bool).reshape(-1)
             if keep.shape != (b,):
                 raise ConfigError(f"--curate {self.curate}: select() returned {keep.shape[0]} flags for a batch "
                                   f"of {b}; it must return one bool per sample")
@@ -356,9 +237,9 @@ class Pretraining:
             g["lr"] = lr
         local = shard(kept_pos, ctx)
         m = -(-k // ctx.world)  # rows per rank after padding
-        images = self._images(gidx[local], None if theta is None else theta[local])
-        texts = self._text_input(gidx[local])
-        with self._autocast():
+        images = inputs.images(gidx[local], None if theta is None else theta[local])
+        texts = inputs.text_input(gidx[local])
+        with inputs.autocast():
             out = self.ddp(images, texts)
         img, txt = out.image_emb.float(), out.text_emb.float()
         if ctx.enabled:  # pad to m rows, gather every rank's rows in rank order, drop the padding
@@ -371,81 +252,100 @@ class Pretraining:
             img, txt, pos = img[valid], txt[valid], order[order >= 0]
         else:
             pos = local
-        pair_ids = torch.as_tensor(self.text_id[gidx[pos]], device=img.device) if cfg.same_text_positive else None
+        pair_ids = torch.as_tensor(self.inputs.text_id[gidx[pos]], device=img.device) if cfg.same_text_positive else None
         loss = contrastive_loss(self.model_cfg.loss, img, txt, out.logit_scale.float(),
                                 None if out.logit_bias is None else out.logit_bias.float(), pair_ids=pair_ids)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):  # every rank holds the same gathered loss: all stop together
+            raise self._diverged(f"the loss is {loss_value}", lr, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip))
+            if not math.isfinite(norm):
+                raise self._diverged(f"the gradient norm is {norm}", lr, self.step + 1)
         self.optimizer.step()
         self.acc.image_fwd += k
         self.acc.image_bwd += k
-        if self.text_feats is None:
+        if inputs.text_feats is None:
             self.acc.text_fwd += k
             self.acc.text_bwd += k if any(p.requires_grad for p in self.model.text.backbone.parameters()) else 0
-        return {"loss": float(loss.detach()), "seen": b, "kept": k, "lr": lr}
+        return {"loss": loss_value, "seen": b, "kept": k, "lr": lr}
 
     # ------------------------------------------------------------------ the run
     def run(self, max_steps: int | None = None) -> Path:
-        ctx = self.ctx
+        ctx, cfg = self.ctx, self.train_cfg
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_run_config(self.out, self.model_cfg, self.train_cfg, self.identity)
+            write_run_config(self.run_dir, self.model_cfg, cfg, self.identity)
+            self.run_dir.write_training_data(
+                self.manifest.path, self.identity["data_hash"], self.ids,
+                self.manifest.table["patient_id"].astype(str).to_numpy()[self.rows].tolist())
             if self.model_cfg.text_hf_config is not None:
-                self.model.text.tokenizer.save_pretrained(str(self.out / "tokenizer"))
-            self._trim_metrics()
+                self.model.text.tokenizer.save_pretrained(str(self.run_dir.tokenizer_dir))
+            self.metrics.trim(self.step, self.epoch, self.has_state)
         if self.done:  # resuming a finished run: nothing to train, make sure its outputs are complete
             self._write_curation()
             return self.out
-        self._prepare_data()
+        self.inputs.prepare(self.cache_dir, self.progress)
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.ddp = wrap_ddp(self.model, ctx, find_unused=self.model_cfg.image_hf_config is not None)
-        handlers = self._install_signal_handlers()
+        schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_every_s)
         steps_this_call = 0
-        try:
-            while self.epoch < self.train_cfg.epochs:
-                if self.order is None:
-                    self.curator.begin_epoch(self.epoch, self.embed)
-                    rows = np.asarray(self.curator.epoch_rows(self.epoch), dtype=np.int64).reshape(-1)
-                    if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
-                        raise ConfigError(f"--curate {self.curate}: epoch_rows() returned rows outside 0..{self.n - 1}")
-                    perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(rows))
-                    self.order, self.batch_in_epoch = rows[perm], 0
-                    self.epoch_stats = {"loss_sum": 0.0, "steps": 0, "seen": 0, "kept": 0, "skipped": 0}
-                sizes = epoch_batch_sizes(len(self.order), self.train_cfg.batch_size)
-                starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-                bar = self._bar(len(sizes))
-                window = {"loss": 0.0, "steps": 0, "kept": 0, "t0": time.perf_counter()}
-                while self.batch_in_epoch < len(sizes):
-                    b = self.batch_in_epoch
-                    res = self.train_step(self.order[starts[b]:starts[b + 1]], len(sizes))
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    steps_this_call += 1
-                    self._record(res, window, bar)
-                    stop = self._stop or (max_steps is not None and steps_this_call >= max_steps)
-                    if any_rank(stop, ctx):
-                        self._checkpoint()
-                        bar.close()
-                        if self._stop:
-                            print(f"pretrain: stopped at step {self.step}; checkpoint in {self.out}; continue "
-                                  f"with --resume", file=sys.stderr)
-                            raise KeyboardInterrupt
-                        return self.out
-                    if self.step % self.train_cfg.checkpoint_every == 0:
-                        self._checkpoint()
-                bar.close()
-                self.curator.end_epoch(self.epoch)
-                self._log_epoch()
-                self.epoch, self.order, self.batch_in_epoch = self.epoch + 1, None, 0
-            self.done = True
-            self._checkpoint()
-            self._write_curation()
-            return self.out
-        finally:
-            self._restore_signal_handlers(handlers)
+        with StopRequest() as stop_request:
+            try:
+                while self.epoch < cfg.epochs:
+                    if self.order is None:
+                        self._begin_epoch()
+                    sizes = epoch_batch_sizes(len(self.order), cfg.batch_size)
+                    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+                    # steps done before this epoch + this epoch's + the same again for each epoch left
+                    self.total_steps = self.step - self.batch_in_epoch + len(sizes) * (cfg.epochs - self.epoch)
+                    bar = self._bar(len(sizes))
+                    self.metrics.start_epoch()
+                    while self.batch_in_epoch < len(sizes):
+                        b = self.batch_in_epoch
+                        res = self.train_step(self.order[starts[b]:starts[b + 1]], len(sizes))
+                        self.step += 1
+                        self.batch_in_epoch += 1
+                        steps_this_call += 1
+                        self.metrics.record_step(res, self.epoch_stats, step=self.step, epoch=self.epoch,
+                                                 log_every=cfg.log_every, logit_scale=self.model.logit_scale, bar=bar)
+                        stop = stop_request.requested or (max_steps is not None and steps_this_call >= max_steps)
+                        if any_rank(stop, ctx):
+                            self._checkpoint(schedule)
+                            bar.close()
+                            if stop_request.requested:
+                                print(f"pretrain: stopped at step {self.step} of about {self.total_steps}; "
+                                      f"checkpoint in {self.out}; continue with --resume", file=sys.stderr)
+                                raise KeyboardInterrupt
+                            return self.out
+                        if any_rank(schedule.due(self.step), ctx):
+                            self._checkpoint(schedule)
+                    bar.close()
+                    self.curator.end_epoch(self.epoch)
+                    self.metrics.record_epoch(self.epoch_stats, step=self.step, epoch=self.epoch, rows=len(self.order),
+                                              logit_scale=self.model.logit_scale, units=self.acc.units())
+                    self.epoch, self.order, self.batch_in_epoch = self.epoch + 1, None, 0
+            except TrainingDivergedError as e:
+                if ctx.is_main:
+                    self.run_dir.write_status(finished=False, error=str(e))
+                raise
+        self.done = True
+        self.total_steps = self.step
+        self._checkpoint(schedule)
+        self._write_curation()
+        return self.out
+
+    def _begin_epoch(self) -> None:
+        self.curator.begin_epoch(self.epoch, self.inputs.embed)
+        rows = np.asarray(self.curator.epoch_rows(self.epoch), dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise ConfigError(f"--curate {self.curate}: epoch_rows() returned rows outside 0..{self.n - 1}")
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(rows))
+        self.order, self.batch_in_epoch = rows[perm], 0
+        self.epoch_stats = new_epoch_stats()
 
     # ------------------------------------------------------------------ bookkeeping
     def _bar(self, total: int):
@@ -454,145 +354,29 @@ class Pretraining:
         return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.train_cfg.epochs}",
                     unit="batch", disable=not self.progress, leave=False)
 
-    def _record(self, res: dict, window: dict, bar) -> None:
-        st = self.epoch_stats
-        st["seen"] += res["seen"]
-        st["kept"] += res["kept"]
-        if res["loss"] is None:
-            st["skipped"] += 1
-        else:
-            st["loss_sum"] += res["loss"]
-            st["steps"] += 1
-            window["loss"] += res["loss"]
-            window["steps"] += 1
-        window["kept"] += res["kept"]
-        bar.update(1)
-        if self.step % self.train_cfg.log_every == 0:
-            dt = max(time.perf_counter() - window["t0"], 1e-9)
-            loss = window["loss"] / window["steps"] if window["steps"] else None
-            line = {"type": "step", "step": self.step, "epoch": self.epoch, "loss": loss, "lr": res["lr"],
-                    "logit_scale": self.model.logit_scale, "kept": window["kept"],
-                    "pairs_per_s": window["kept"] / dt}
-            self._append_metrics(line)
-            bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-", pairs_s=f"{window['kept'] / dt:.0f}")
-            window.update(loss=0.0, steps=0, kept=0, t0=time.perf_counter())
-
-    def _log_epoch(self) -> None:
-        st = self.epoch_stats
-        line = {"type": "epoch", "step": self.step, "epoch": self.epoch,
-                "loss": st["loss_sum"] / st["steps"] if st["steps"] else None, "steps": st["steps"],
-                "skipped_batches": st["skipped"], "rows": len(self.order), "seen": st["seen"], "kept": st["kept"],
-                "logit_scale": self.model.logit_scale, "compute_units": self.acc.units()}
-        self._append_metrics(line)
-
-    def _append_metrics(self, line: dict) -> None:
+    def _checkpoint(self, schedule: CheckpointSchedule) -> None:
+        bad = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:  # never save (or call finished) weights that are NaN/inf
+            raise self._diverged(f"non-finite weights ({', '.join(bad[:3])})", self.optimizer.param_groups[0]["lr"],
+                                 self.step)
         if self.ctx.is_main:
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
-
-    def _trim_metrics(self) -> None:
-        """On resume, drop lines written after the checkpoint (they will be written again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        if not self.has_state:
-            path.unlink()
-            return
-        keep = []
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if line.get("step", 0) <= self.step and (line.get("type") != "epoch" or line["epoch"] < self.epoch):
-                keep.append(raw)
-        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-
-    def _checkpoint(self) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.out, self.model, self.optimizer, self._trainer_state(), self.curator.state_dict())
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self._trainer_state(), self.curator.state_dict(),
+                            total_steps=self.total_steps)
         barrier(self.ctx)
-
-    def _write_debug_fingerprint(self) -> None:
-        """With $CXRFM_DEBUG_DIR set, every rank writes hashes of its curator state and weights there
-        (tests/test_distributed.py checks that all ranks agree)."""
-        import hashlib
-        import os
-
-        folder = os.environ.get("CXRFM_DEBUG_DIR")
-        if not folder:
-            return
-        from .checkpoint import split_arrays
-
-        def digest(obj) -> str:
-            skeleton, arrays = split_arrays(obj)
-            h = hashlib.sha256(json.dumps(normalise(skeleton), sort_keys=True).encode())
-            for k in sorted(arrays):
-                h.update(k.encode())
-                h.update(arrays[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            return h.hexdigest()
-
-        kept = np.asarray(self.curator.kept_rows(), dtype=np.int64)
-        info = {"rank": self.ctx.rank, "world": self.ctx.world, "step": self.step,
-                "kept_rows": digest({"kept": kept}), "curator_state": digest(self.curator.state_dict()),
-                "weights": digest(self.model.weights_to_save()), "accounting": self.acc.to_dict()}
-        write_json(Path(folder) / f"rank-{self.ctx.rank}.json", info)
+        schedule.saved()
 
     def _write_curation(self) -> None:
-        self._write_debug_fingerprint()
+        write_debug_fingerprint(rank=self.ctx.rank, world=self.ctx.world, step=self.step, curator=self.curator,
+                                weights=self.model.weights_to_save(), acc=self.acc)
         if not self.ctx.is_main:
             return
-        kept = np.asarray(self.curator.kept_rows(), dtype=np.int64)
-        ref = none_run_accounting(
-            self.n, self.train_cfg.epochs, self.train_cfg.batch_size, len(self.unique_texts),
-            text_cached=self.model.text.frozen,
-            text_trainable=any(p.requires_grad for p in self.model.text.backbone.parameters()),
-            image_flops=self.acc.image_flops_per_sample, text_flops=self.acc.text_flops_per_sample)
-        info = {
-            "curate": self.curate, "budget": self.budget, "seed": self.seed, "epochs": self.train_cfg.epochs,
-            "n_available": self.n, "n_kept": int(len(kept)), "n_without_text": self.n_without_text,
-            "data_fraction": len(kept) / self.n,
-            **summarize(self.acc, ref),
-            "kept_ids": [self.ids[i] for i in kept],
-            "summary": self.curator.summary(),
-            "notes": "data_fraction = pairs the curator kept / training pairs available; compute_fraction = "
-                     "this run's compute units / those of a `none` run of the same epochs on the same data",
-        }
-        write_json(self.out / "curation.json", normalise(info))
-
-    # ------------------------------------------------------------------ signals
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            if self._stop:  # second signal: stop now
-                raise KeyboardInterrupt
-            self._stop = True
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, handler)
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        if old:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-def _curator_class(name: str):
-    from .curation import CURATORS
-
-    if name not in CURATORS:
-        raise ConfigError(f"--curate {name!r}: unknown curator; choose one of {', '.join(sorted(CURATORS))}")
-    return CURATORS[name]
+        write_curation(self.run_dir, curator=self.curator, acc=self.acc, ids=self.ids,
+                       n_without_text=self.n_without_text, curate=self.curate, budget=self.budget, seed=self.seed,
+                       epochs=self.train_cfg.epochs, batch_size=self.train_cfg.batch_size,
+                       n_unique_texts=len(self.inputs.unique_texts), text_cached=self.model.text.frozen,
+                       text_trainable=any(p.requires_grad for p in self.model.text.backbone.parameters()))
 
 
 def run_is_finished(run_dir: str | Path) -> bool:
-    """True when ``run_dir`` holds a finished pretraining run."""
-    path = Path(run_dir) / STATE_DIR / TRAINER_JSON
-    if not path.is_file():
-        return False
-    return bool(json.loads(path.read_text(encoding="utf-8")).get("trainer", {}).get("done", False))
+    """True when ``run_dir`` holds a finished pretraining run (see :meth:`cxrfm.run.RunDir.status`)."""
+    return RunDir(run_dir).is_finished()

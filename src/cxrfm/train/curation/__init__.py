@@ -1,0 +1,26 @@
+"""Online data curation during pretraining, behind one interface (``--curate``).
+
+One curator a module, registered by name (:mod:`.registry`); the interface and its context in
+:mod:`.base`; the geometry they share in :mod:`.geometry`.
+
+* ``none`` -- every pair, every epoch (the full-data control; :class:`Curator` itself).
+* ``random`` -- a uniformly random, seeded subset of ``round(budget * n)`` pairs (:mod:`.random_subset`).
+* ``prototype`` -- CheXficient's prototype-driven online selection (:mod:`.prototype`).
+* ``balanced`` (the default) -- text-clustered, cluster-balanced, typical-first (:mod:`.balanced`).
+"""
+from __future__ import annotations
+
+from .base import EMBED_CHUNK, CurationContext, Curator, EmbedFn, check_budget, embed_rows, target_count
+from .geometry import (allocate_power, farthest_point_sampling, kmeans_centroids, kmeans_plus_plus_labels,
+                       normalise, sinkhorn_knopp, typical_first, water_fill)
+from .registry import CURATORS, build_curator, curator_class, list_curators, register_curator
+# importing the modules registers their curators, in this order
+from .random_subset import RandomCurator  # noqa: E402
+from .prototype import PrototypeCurator  # noqa: E402
+from .balanced import WITHIN, BalancedCurator, embed_texts_minilm  # noqa: E402
+
+__all__ = ["CURATORS", "EMBED_CHUNK", "WITHIN", "BalancedCurator", "CurationContext", "Curator", "EmbedFn",
+           "PrototypeCurator", "RandomCurator", "allocate_power", "build_curator", "check_budget",
+           "curator_class", "embed_rows", "embed_texts_minilm", "farthest_point_sampling", "kmeans_centroids",
+           "kmeans_plus_plus_labels", "list_curators", "normalise", "register_curator", "sinkhorn_knopp",
+           "target_count", "typical_first", "water_fill"]
