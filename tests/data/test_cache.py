@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -175,3 +182,115 @@ def test_cli_prepare_masks(manifest, tmp_path, capsys):
     assert f"({n_masks} of 20 rows have a mask)" in capsys.readouterr().out
     masks = ImageCache.open(Manifest.load(tmp_path / "m.csv"), SIZE, cache_dir=tmp_path / "c", column="mask")
     assert int(masks.has.sum()) == n_masks
+
+
+# ---------------------------------------------------------------- stale images, temp files, modes
+def _local_manifest(tmp_path, n: int = 3) -> Manifest:
+    """n random 64x48 grey PNGs written uncompressed, so that every file has the same size on disk."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8)).save(tmp_path / f"{i}.png", compress_level=0)
+    (tmp_path / "m.csv").write_text("image,patient_id,source\n" + "".join(f"{i}.png,p{i},local\n" for i in range(n)))
+    return Manifest.load(tmp_path / "m.csv")
+
+
+def _replace_keeping_mtime(src, dst) -> None:
+    """Overwrite ``dst`` in place with ``src``'s bytes and put its old modification time back (``cp -p``)."""
+    before = dst.stat()
+    dst.write_bytes(src.read_bytes())
+    os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
+    for _ in range(100):  # the kernel's file clock ticks every few ms: wait for one tick if need be
+        if dst.stat().st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.01)
+        os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert dst.stat().st_size == before.st_size and dst.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_image_replaced_in_place_is_decoded_again(tmp_path):
+    m = _local_manifest(tmp_path)
+    first = ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    old_row = first[1].copy()
+    target = tmp_path / "1.png"
+    _replace_keeping_mtime(tmp_path / "2.png", target)  # same size, same mtime: only the inode change time moved
+    with pytest.raises(CxrfmError, match=r"image files of this manifest changed .* stale; run `cxrfm prepare"):
+        ImageCache.open(m, SIZE, cache_dir=tmp_path / "c")
+    again = ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    assert again.path == first.path  # rebuilt in place, not a second 330 MB file beside the old one
+    np.testing.assert_array_equal(again[1], expected_row(target))
+    assert not np.array_equal(again[1], old_row)
+    np.testing.assert_array_equal(ImageCache.open(m, SIZE, cache_dir=tmp_path / "c")[1], again[1])
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted([again.path.name, again.path.with_suffix(".json").name])
+
+
+def test_unchanged_images_reuse_the_cache(tmp_path, monkeypatch):
+    m = _local_manifest(tmp_path)
+    ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    monkeypatch.setattr(cache_module, "_decode_all", lambda *a, **k: pytest.fail("decoded again"))
+    ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_failure_mid_write_leaves_no_temp_file(tmp_path, monkeypatch, exc):
+    m = _local_manifest(tmp_path)
+
+    def one_block_then_fail(jobs, size, column, where, workers):
+        yield 0, np.zeros((1, size, size), np.uint8), np.ones(1, bool)
+        raise exc("killed mid-write")
+
+    monkeypatch.setattr(cache_module, "_decode_all", one_block_then_fail)
+    with pytest.raises(exc):
+        ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_temp_file_of_a_killed_prepare_is_removed_by_the_next(tmp_path):
+    m = _local_manifest(tmp_path)
+    path = ImageCache.file_path(m, SIZE, tmp_path / "c")
+    path.parent.mkdir()
+    left = path.parent / f".{path.name}.q8w_3zx1.tmp"  # what `kill -9` during prepare left behind
+    left.write_bytes(b"\0" * 100_000)
+    cache = ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    assert not left.exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
+    assert len(cache) == 3
+
+
+def test_sigterm_during_prepare_leaves_no_temp_file(tmp_path):
+    m = _local_manifest(tmp_path)
+    script = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from cxrfm.cli import main
+        from cxrfm.data import cache
+        def slow(jobs, size, column, where, workers):
+            yield 0, np.zeros((1, size, size), np.uint8), np.ones(1, bool)
+            print("writing", flush=True)
+            time.sleep(60)
+        cache._decode_all = slow
+        raise SystemExit(main(["prepare", {str(m.path)!r}, "--size", "{SIZE}", "--cache-dir", {str(tmp_path / "c")!r}]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in proc.stderr.read()
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_cache_files_follow_the_umask(tmp_path):
+    m = _local_manifest(tmp_path)
+    old = os.umask(0o022)
+    try:
+        cache = ImageCache.build(m, SIZE, cache_dir=tmp_path / "c", workers=1)
+    finally:
+        os.umask(old)
+    for p in (cache.path, cache.path.with_suffix(".json")):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -9,8 +9,13 @@ images once into one HDF5 array), ``cxrfm prepare`` decodes each image once with
 so that a batch is a slice of the page cache.
 
 A cache is keyed by :meth:`Manifest.content_hash` and ``size`` (both are in the file name), so a
-changed manifest never reads a stale cache, and building it again is a no-op. Files are written to a
-temporary name and renamed, the JSON sidecar last: a cache whose sidecar exists is complete.
+changed manifest never reads a stale cache, and by the size, modification time and inode change
+time of every image file it was built from (``files_key`` in the sidecar), so an image replaced in
+place is decoded again rather than served stale; building it again with nothing changed is a no-op.
+(A stat per file costs milliseconds for thousands of files, where hashing content would re-read
+them all.) Files are written to a temporary name and renamed, the JSON sidecar last: a cache whose
+sidecar exists is complete; a temp file left by a killed ``prepare`` is removed by the next one
+(:mod:`cxrfm.atomic`).
 
 The ``mask`` column is cached the same way (``column="mask"``): the source mask is binarised
 (any non-zero pixel is lung), letterboxed with the same geometry as its image and thresholded at
@@ -18,6 +23,7 @@ The ``mask`` column is cached the same way (``column="mask"``): the source mask 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -74,20 +80,13 @@ class ImageCache:
         if size < 8:
             raise CxrfmError(f"cache size must be at least 8 pixels, got {size}; use e.g. --size 128")
         path = cls.file_path(manifest, size, cache_dir, column)
+        jobs = _jobs(manifest, column)
+        files_key = _files_key(jobs)
         existing = _read_sidecar(path)
-        if existing is not None and existing.get("format") == CACHE_FORMAT and path.exists():
+        if existing is not None and existing.get("format") == CACHE_FORMAT and path.exists() \
+                and existing.get("files_key") == files_key:
             return cls(path, existing)
         path.parent.mkdir(parents=True, exist_ok=True)
-
-        images = [str(p) for p in manifest.image_paths()]
-        if column == "mask":
-            masks = _mask_paths(manifest)
-            if all(m is None for m in masks):
-                raise CxrfmError(f"{manifest.path or 'manifest'}: no row has a 'mask'; a mask cache needs a "
-                                 f"'mask' column with mask paths")
-            jobs = [(i, m, images[i]) for i, m in enumerate(masks)]
-        else:
-            jobs = [(i, p, None) for i, p in enumerate(images)]
         n = len(jobs)
         where = str(manifest.path) if manifest.path else "manifest"
 
@@ -101,7 +100,7 @@ class ImageCache:
                     bar.update(len(block))
             out.flush()
             del out
-        meta = {"format": CACHE_FORMAT, "column": column, "size": int(size), "n": n,
+        meta = {"format": CACHE_FORMAT, "column": column, "size": int(size), "n": n, "files_key": files_key,
                 "manifest_hash": manifest.content_hash(), "manifest": str(manifest.path) if manifest.path else None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ids": manifest.ids}
         if column == "mask":
@@ -127,6 +126,9 @@ class ImageCache:
         if cache.array.shape != (len(manifest), size, size) or cache.ids != manifest.ids:
             raise CxrfmError(f"{path}: cache does not match the manifest ({cache.array.shape[0]} rows vs "
                              f"{len(manifest)}); delete it and {hint}")
+        if meta.get("files_key") != _files_key(_jobs(manifest, column)):
+            raise CxrfmError(f"{path}: image files of this manifest changed (size or modification time) since the "
+                             f"cache was built, so its pixels are stale; {hint} again")
         return cache
 
     # ------------------------------------------------------------ access
@@ -199,6 +201,38 @@ def _decode_all(jobs: list, size: int, column: str, where: str, workers: int | N
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _jobs(manifest: Manifest, column: str) -> list[tuple[int, str | None, str | None]]:
+    """(row, file to decode, its image for a mask's geometry) for every row."""
+    images = [str(p) for p in manifest.image_paths()]
+    if column != "mask":
+        return [(i, p, None) for i, p in enumerate(images)]
+    masks = _mask_paths(manifest)
+    if all(m is None for m in masks):
+        raise CxrfmError(f"{manifest.path or 'manifest'}: no row has a 'mask'; a mask cache needs a "
+                         f"'mask' column with mask paths")
+    return [(i, m, images[i]) for i, m in enumerate(masks)]
+
+
+def _files_key(jobs: list) -> str:
+    """Hash of (path, size, mtime, ctime) of every file the cache reads: changes when one is replaced.
+
+    ctime is in because a copy that keeps the old modification time (``cp -p``, ``rsync -a``) still
+    gets a new inode change time.
+    """
+    h = hashlib.sha256()
+    for _, p, image in jobs:
+        for f in (p, image):
+            if f is None:
+                h.update(b"-\0")
+                continue
+            try:
+                st = os.stat(f)
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
+            except OSError:
+                h.update(f"{f}\0missing\0".encode())  # decoding will name the file
+    return h.hexdigest()[:16]
 
 
 def _mask_paths(manifest: Manifest) -> list[str | None]:
