@@ -129,10 +129,11 @@ def test_label_table_file_round_trip_keeps_order(tmp_path, suffix):
     df, path = _small_table(tmp_path, suffix)
     out_path = tmp_path / f"labels{suffix}"
     stats = label_table_file(path, out_path)
-    assert "labeled 4 of 5 rows" in stats and "1 empty report cells" in stats and "reports/s" in stats
+    assert "labeled 4 of 5 rows" in stats and "empty report 1" in stats and "reports/s" in stats
     got = pd.read_parquet(out_path) if suffix == ".parquet" else pd.read_csv(out_path)
     assert list(got["image"]) == list(df["image"]) and list(got["patient_id"]) == list(df["patient_id"])
-    assert list(got.columns) == list(df.columns) + list(CHEXPERT_14)
+    assert list(got.columns) == list(df.columns) + list(CHEXPERT_14) + ["label_note"]
+    assert got["label_note"].iloc[1] == "empty report" and got["label_note"].drop(index=1).isna().all()
     assert got["Pleural Effusion"].iloc[0] == 1 and got["No Finding"].iloc[2] == 1
     assert got["Pneumonia"].iloc[3] == -1 and got["Cardiomegaly"].iloc[4] == 0
     assert got.loc[1, list(CHEXPERT_14)].isna().all()  # the empty report stays, all blank

@@ -18,260 +18,18 @@ from __future__ import annotations
 
 import functools
 import math
-import time
-from pathlib import Path
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
-from ..errors import ReportError
 from .findings import CHEXPERT_14
 from .reports import report_body
-
-OTHER = "OTHER"  # an abnormality outside the 13 findings: it blocks "No Finding" (CheXpert's no_finding list)
-NORMAL = "NORMAL"  # an explicit normal statement ("no acute cardiopulmonary abnormality")
-_PATHOLOGIES: tuple[str, ...] = tuple(f for f in CHEXPERT_14 if f not in ("No Finding", "Support Devices"))
-
-# ---------------------------------------------------------------- mention phrases (data)
-# finding -> phrases (lower case, matched token by token). Where one phrase contains another, the
-# longest match wins, so "calcified nodule" (OTHER) overrides "nodule" (Lung Lesion): this is how
-# CheXpert's "unmention" lists are expressed here.
-MENTIONS: dict[str, tuple[str, ...]] = {
-    "Atelectasis": (
-        "atelectasis", "atelectases", "atelectatic", "collapse", "collapsed", "lobar collapse",
-        "atelectatic change", "atelectatic changes", "subsegmental atelectasis", "plate-like atelectasis"),
-    "Cardiomegaly": (
-        "cardiomegaly", "cardiac enlargement", "enlarged heart", "enlargement of the heart",
-        "enlargement of the cardiac silhouette", "cardiac hypertrophy"),
-    "Enlarged Cardiomediastinum": (
-        "widened mediastinum", "mediastinal widening", "widening of the mediastinum",
-        "mediastinal enlargement", "enlarged cardiomediastinum", "enlarged mediastinum",
-        "enlarged cardiomediastinal silhouette", "widened cardiomediastinal silhouette"),
-    "Edema": (
-        "edema", "oedema", "pulmonary edema", "interstitial edema", "alveolar edema", "edematous",
-        "heart failure", "congestive heart failure", "chf", "fluid overload", "volume overload",
-        "kerley b lines", "kerley lines", "septal lines"),
-    "Consolidation": (
-        "consolidation", "consolidations", "consolidated", "consolidative", "consolidating"),
-    "Pneumonia": (
-        "pneumonia", "pneumonias", "bronchopneumonia", "pneumonic", "infection", "infections",
-        "infectious", "infectious process", "infective process", "pneumonitis"),
-    "Lung Opacity": (
-        "opacity", "opacities", "opacification", "opacifications", "opacified", "opacifies",
-        "airspace disease", "air-space disease", "air space disease", "airspace process",
-        "infiltrate", "infiltrates", "infiltration", "infiltrative", "interstitial marking",
-        "interstitial markings", "interstitial pattern", "interstitial lung disease", "interstitial disease",
-        "interstitial prominence", "interstitial thickening", "reticular", "reticulation",
-        "reticulonodular", "reticular pattern", "scar", "scars", "scarring", "parenchymal scarring",
-        "peribronchial thickening", "bronchial wall thickening", "increased density", "density",
-        "densities", "ground glass", "ground-glass", "haziness", "hazy", "decreased translucency"),
-    "Lung Lesion": (
-        "mass", "masses", "nodule", "nodules", "nodular density", "nodular densities",
-        "nodular opacity", "nodular opacities", "nodular opacification", "lump", "cavitary lesion",
-        "cavitary lesions", "cavitation", "carcinoma", "neoplasm", "tumor", "tumour", "malignancy",
-        "lung lesion", "pulmonary lesion", "lung cancer", "pulmonary metastases", "pulmonary metastasis",
-        "lung metastases", "spiculated"),
-    "Pneumothorax": ("pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx"),
-    "Pneumothorax|Pleural Effusion": ("hydropneumothorax", "hydropneumothoraces"),
-    "Pleural Effusion": (
-        "effusion", "effusions", "pleural effusion", "pleural effusions", "pleural fluid",
-        "hydrothorax", "fluid in the fissure"),
-    "Pleural Other": (
-        "pleural thickening", "thickening of the pleura", "pleural plaque", "pleural plaques",
-        "fibrothorax", "pleural scar", "pleural scarring", "pleural-parenchymal scarring",
-        "pleuroparenchymal scarring", "pleuroparenchymal scar", "pleural parenchymal scarring",
-        "pleural calcification", "pleural calcifications", "calcified pleural plaques", "pleural fibrosis",
-        "apical pleural thickening", "apical cap", "apical capping", "pleural-based"),
-    "Fracture": ("fracture", "fractures", "fractured", "fx", "refracture"),
-    "Support Devices": (
-        "pacer", "pacemaker", "line", "lines", "picc", "picc line", "port", "port-a-cath", "portacath",
-        "mediport", "tube", "tubes", "et tube", "endotracheal tube", "ng tube", "og tube",
-        "nasogastric tube", "feeding tube", "chest tube", "tracheostomy", "tracheostomy tube",
-        "catheter", "catheters", "swan-ganz", "valve replacement", "prosthetic valve", "valve prosthesis",
-        "hardware", "arthroplasty", "icd", "aicd", "defibrillator", "device", "devices", "drain", "drains",
-        "plate", "plates", "screw", "screws", "cannula", "coil", "coils", "stent", "stents", "clip", "clips",
-        "surgical clip", "surgical clips", "sternotomy wire", "sternotomy wires", "wire", "wires",
-        "leads", "staples", "prosthesis", "orthopedic hardware", "fixation hardware", "spinal rods",
-        "electrodes", "loop recorder", "kyphoplasty", "vertebroplasty", "cement", "stimulator",
-        "neurostimulator", "nerve stimulator", "spinal stimulator", "generator", "prosthetic", "bone anchor",
-        "bone anchors", "anchor", "anchors", "shunt", "shunt tubing", "tubing", "bypass markers",
-        "bypass graft markers", "graft markers", "sutures", "suture", "internal fixation", "occluder",
-        "ivc filter", "filter", "monitor leads", "cardiac monitor leads"),
-    OTHER: (
-        # CheXpert's "no finding" blockers: abnormalities that are none of the 13 findings
-        "emphysema", "emphysematous", "copd", "chronic obstructive pulmonary disease",
-        "chronic obstructive lung disease", "hyperinflation", "hyperinflated", "hyperexpanded",
-        "hyperexpansion", "hyperaeration", "overinflation", "flattening of the diaphragms",
-        "flattened diaphragms", "flattened hemidiaphragms", "low lung volumes", "low volumes",
-        "hypoinflation", "hypoventilatory", "granuloma", "granulomas", "granulomata", "granulomatous",
-        "calcified granuloma", "calcified granulomas", "calcified nodule", "calcified nodules",
-        "calcified density", "calcified densities", "calcified lymph node", "calcified lymph nodes",
-        "calcification", "calcifications", "calcified", "calcific", "scoliosis", "kyphosis",
-        "kyphotic", "degenerative", "spondylosis", "osteophyte", "osteophytes", "osteophytosis",
-        "osteopenia", "osteoporosis", "demineralization", "hernia", "hiatal hernia", "eventration",
-        "elevated hemidiaphragm", "elevation", "tortuous", "tortuosity", "ectatic", "ectasia",
-        "unfolded", "unfolding", "atherosclerotic", "atherosclerosis", "bulla", "bullae", "bullous",
-        "bleb", "blebs", "bronchiectasis", "cyst", "cysts", "pneumomediastinum", "pneumoperitoneum",
-        "free air", "subcutaneous emphysema", "lucency", "lucencies", "thickening",
-        "pericardial effusion", "joint effusion", "aspiration", "bronchitis", "bronchiolitis",
-        "airways disease", "airway disease", "reactive airway disease", "asthma", "pulmonary hypertension",
-        "hypertension", "volume loss", "deformity", "deformities", "hematoma", "hemorrhage", "contusion",
-        "metastasis", "metastases", "metastatic", "metastatic disease", "cuffing", "peribronchial cuffing",
-        "fibrosis", "fibrotic", "pulmonary fibrosis", "interstitial fibrosis", "granulomatous infection",
-        "granulomatous disease", "granulomatous process", "old infection", "prior infection",
-        "aspiration pneumonitis", "radiation pneumonitis",
-        "inflammation", "inflammatory", "nipple shadow", "nipple shadows", "hilar prominence",
-        "prominent hila", "prominent hilum", "enlarged hila", "hilar enlargement", "lymphadenopathy",
-        "adenopathy", "sclerotic", "lytic", "dextrocardia", "pectus", "pectus excavatum", "foreign body",
-        "aneurysm", "aortic aneurysm", "dilated aorta", "soft tissue edema", "subcutaneous edema",
-        "pleural line", "skin fold", "skin line", "vertebral collapse", "compression deformity",
-        "bone density", "soft tissue density", "soft tissue densities", "breast density",
-        "chronic lung disease", "chronic changes",
-        # our additions (not in CheXpert's list): spine curvature, low lung volumes, crowding
-        "dextroscoliosis", "levoscoliosis", "scoliotic", "curvature", "dextrocurvature", "levocurvature",
-        "elevated", "hypoinflated", "hypoventilated", "hypoventilation", "low lung volume", "low volume",
-        "low-volume", "decreased lung volumes", "diminished lung volumes", "reduced lung volumes",
-        "lower lung volumes", "lung volumes are low", "lung volumes are decreased", "lung volumes are diminished",
-        "lung volumes are reduced", "poor inspiration", "shallow inspiration", "crowding",
-        "bronchovascular crowding", "bihilar prominence", "hilar fullness", "lobectomy", "pneumonectomy"),
-}
-
-# Mentions that are uncertain by nature (CheXpert classifies them as uncertain unless negated).
-UNCERTAIN_MENTIONS: dict[str, tuple[str, ...]] = {
-    "Edema": (
-        "vascular congestion", "pulmonary vascular congestion", "pulmonary congestion", "venous congestion",
-        "pulmonary venous congestion", "congestion", "indistinctness", "vascular indistinctness",
-        "vascular prominence", "pulmonary vascular prominence", "prominent pulmonary vasculature",
-        "prominence of the pulmonary vasculature", "vascular engorgement", "engorgement", "engorged",
-        "vascular redistribution", "redistribution", "cephalization", "vascular cephalization",
-        "pulmonary venous hypertension", "venous hypertension", "increased pulmonary vascularity",
-        "increased lung vascularity", "increased vascularity", "prominent vascularity",
-        "prominent central vasculature", "prominence of the central vasculature",
-        "prominent central pulmonary vasculature", "prominence of the central pulmonary vasculature",
-        "indistinct vascular margination", "indistinct pulmonary vasculature"),
-    "Pleural Effusion": (
-        "blunting", "blunted", "blunt", "blunting of the costophrenic angle",
-        "blunting of the costophrenic angles", "costophrenic angle blunting", "costophrenic blunting",
-        "blunted costophrenic angle", "blunted costophrenic angles", "meniscus"),
-}
-
-# Mentions of a structure whose state comes from a nearby descriptor ("heart size is normal" -> 0,
-# "the heart is enlarged" -> 1, "borderline heart size" -> -1; "heart size is stable" -> unmentioned).
-SIZE_MENTIONS: dict[str, tuple[str, ...]] = {
-    "Cardiomegaly": (
-        "heart", "the heart", "heart size", "cardiac size", "cardiac silhouette", "cardiac shadow",
-        "cardiac contour", "cardiac contours", "heart shadow", "cardiac diameter", "cardiac silhouettes",
-        "heart silhouette", "cardiothoracic ratio"),
-    "Enlarged Cardiomediastinum": (
-        "mediastinum", "mediastinal contour", "mediastinal contours", "mediastinal silhouette",
-        "mediastinal width", "mediastinal configuration", "mediastinal structures", "superior mediastinum",
-        "cardiomediastinal silhouette", "cardiomediastinal silhouettes", "cardiomediastinal contour",
-        "cardiomediastinal contours", "cardiomediastinum", "cardiomediastinal", "cardiomediastinal structures",
-        "pericardial silhouette", "mediastinal contour"),
-}
-SIZE_DESCRIPTORS: dict[float, tuple[str, ...]] = {
-    1.0: ("enlarged", "enlargement", "large", "larger", "increased", "increase", "prominent", "prominence",
-          "widened", "widening", "wide", "dilated", "enlarging", "cardiomegaly", "mildly enlarged"),
-    # "upper limits of normal" is within normal: 0 ("borderline" stays uncertain, as in CheXpert)
-    0.0: ("normal", "within normal limits", "within limits of normal", "unremarkable", "not enlarged",
-          "not widened", "normal-sized", "normal size", "not increased", "no enlargement", "not prominent",
-          "small", "upper limits of normal", "upper limit of normal", "upper normal", "top normal",
-          "top-normal", "upper-normal", "high normal", "high-normal", "upper limits normal",
-          "at the upper limits", "near top normal", "upper range of normal"),
-    -1.0: ("borderline", "borderline enlarged", "borderline enlargement", "borderline large",
-           "possibly enlarged", "questionably enlarged", "may be enlarged", "probably enlarged",
-           "possibly mildly enlarged", "borderline prominent"),
-}
-_DESCRIPTOR_WINDOW = 8  # tokens between a size mention and its descriptor
-_DESCRIPTOR_NEGATORS = frozenset({"not", "no", "without", "nor", "n't"})
-
-# "no acute cardiopulmonary abnormality" and friends (token patterns; used by label_sentence_findings)
-# "tip projects over the SVC": a line or catheter tip, whatever the (often de-identified) device word
-_DEVICE_TIP_PATTERNS: list[list[dict]] = [
-    [{"LOWER": {"IN": ["tip", "tips"]}},
-     {"LOWER": {"IN": ["projects", "projecting", "projected", "project", "overlies", "overlying", "overlie",
-                       "terminates", "terminating", "is", "in", "at", "near", "within", "lies", "located",
-                       "extends", "ends", "approximating", "approximates", "remains", "positioned", "now"]}}],
-]
-
-_NORMAL_TOKEN_PATTERNS: list[list[dict]] = [
-    [{"LOWER": {"IN": ["no", "without"]}}, {"LOWER": {"IN": ["evidence", "radiographic", "signs"]}, "OP": "*"},
-     {"LOWER": "of", "OP": "?"},
-     {"LOWER": {"IN": ["acute", "active", "significant", "focal", "other"]}},
-     {"LOWER": {"IN": ["cardiopulmonary", "pulmonary", "intrathoracic", "thoracic", "cardiac", "lung", "chest",
-                       "radiographic", "osseous", "disease", "or", "and", "/", ",", "bony", "interval"]}, "OP": "*"},
-     {"LOWER": {"IN": ["abnormality", "abnormalities", "disease", "process", "processes", "finding",
-                       "findings", "pathology", "change", "changes", "abnormal"]}}],
-    [{"LOWER": {"IN": ["normal", "negative", "unremarkable"]}},
-     {"LOWER": {"IN": ["chest", "study", "examination", "exam", "radiograph", "radiographs", "film", "x-ray",
-                       "xray", "cxr", "frontal"]}}],
-    [{"LOWER": "normal"}, {"LOWER": "chest"}, {"LOWER": {"REGEX": "^(x|radiograph|film|xray|x-ray)"}}],
-    [{"LOWER": "no"}, {"LOWER": "acute"}, {"LOWER": {"IN": ["findings", "abnormality", "disease", "process"]}}],
-]
-
-# ---------------------------------------------------------------- NegEx termsets (data)
-NEGATION_TERMSET: dict[str, list[str]] = {
-    "pseudo_negations": [
-        "no change", "no significant change", "no interval change", "no definite change", "no substantial change",
-        "no appreciable change", "no significant interval change", "no substantial interval change",
-        "not changed", "not significantly changed", "without change", "no increase", "no significant increase",
-        "no interval increase", "no decrease", "no worsening", "no further", "not only", "not necessarily",
-        "gram negative", "cannot exclude", "can not exclude", "cannot be excluded", "can not be excluded",
-        "not be excluded", "not excluded", "not entirely excluded", "not completely excluded",
-        "cannot rule out", "can not rule out", "cannot be ruled out", "can not be ruled out",
-        "not be ruled out", "not ruled out", "not well seen", "not well visualized", "not well evaluated",
-        "not clearly seen", "difficult to exclude", "not well assessed"],
-    "preceding_negations": [
-        "no", "not", "without", "negative for", "free of", "clear of", "absence of", "absent", "no evidence of",
-        "no sign of", "no signs of", "no radiographic evidence of", "no definite", "no suspicious", "no acute",
-        "resolution of", "resolved", "interval resolution of", "removal of", "interval removal of",
-        "rather than", "never", "none", "nor", "neither", "no longer", "denies", "negative"],
-    "following_negations": [
-        "is not seen", "are not seen", "not seen", "not identified", "not visualized", "not appreciated",
-        "not evident", "not present", "not demonstrated", "not detected", "is absent", "are absent", "absent",
-        "has resolved", "have resolved", "resolved", "has cleared", "have cleared", "cleared", "removed",
-        "has been removed", "have been removed", "unlikely", "is unlikely", "no longer seen",
-        "no longer visualized", "no longer present", "not noted", "not apparent"],
-    "termination": [
-        "but", "however", "although", "though", "yet", "which", "aside from", "apart from", "except",
-        "with", "there is", "there are", "there has been", "there have been", ";", "while", "whereas",
-        "nevertheless", "still", "secondary to", "due to", "may represent", "could represent",
-        "may reflect", "likely", "possibly", "probably", "possible", "probable", "questionable"],
-}
-UNCERTAINTY_TERMSET: dict[str, list[str]] = {
-    "pseudo_negations": ["no doubt", "without doubt", "not likely", "less likely", "possible that no"],
-    "preceding_negations": [
-        "possible", "possibly", "probable", "probably", "likely", "most likely", "presumed", "presumably",
-        "questionable", "question of", "questionably", "suspicious", "suspicious for", "suspect", "suspected",
-        "suspicion", "suspicion for", "concern for", "concerning for", "worrisome for", "worrisome",
-        "suggestive of", "suggesting", "suggests", "suggest", "suggestion of", "may", "might", "could",
-        "cannot exclude", "can not exclude", "difficult to exclude", "cannot rule out", "can not rule out",
-        "rule out", "r/o", "to exclude", "evaluate for", "versus", "vs", "vs.", "or", "and/or",
-        "differential diagnosis", "differential", "consider", "considered", "consideration",
-        "borderline", "equivocal", "indeterminate", "not excluded", "correlate for",
-        "clinical correlation for", "may represent", "could represent", "may reflect", "could reflect",
-        "developing", "early"],
-    "following_negations": [
-        "cannot be excluded", "can not be excluded", "not be excluded", "not excluded", "not entirely excluded",
-        "not completely excluded", "cannot be ruled out", "can not be ruled out", "not be ruled out",
-        "not ruled out", "is possible", "are possible", "is suspected", "are suspected", "suspected",
-        "is questioned", "questioned", "?", "versus", "vs", "vs.", "or", "and/or", "is likely", "are likely",
-        "is not excluded", "may be present", "could be present", "is favored", "not well seen",
-        "not well visualized", "not well evaluated", "not clearly seen", "is considered", "is uncertain",
-        "may not be demonstrated", "may not be visible", "may not be seen", "may not be apparent"],
-    # A hedge that opens a new clause also ends the previous one: in "opacity may represent
-    # atelectasis or pneumonia" the "or" hedges atelectasis and pneumonia, not the opacity.
-    "termination": [
-        "but", "however", "although", "though", "yet", "which", "aside from", "apart from", "except", ";",
-        "while", "whereas", "nevertheless", "with", "there is", "there are", "no", "without",
-        "may represent", "could represent", "may reflect", "could reflect", "likely", "most likely", "possibly",
-        "probably", "suggestive of", "suggesting", "concerning for", "suspicious for", "worrisome for",
-        "consistent with", "compatible with", "representing", "reflecting"],
-}
-# hedges that only join alternatives ("no effusion or pneumothorax"): they never beat a negation
-_CONJUNCTION_HEDGES = frozenset({"or", "versus", "vs", "vs.", "and/or"})
-
+from .labeler_terms import (  # noqa: E402,F401  (re-exported: callers and benchmarks read them here)
+    _CONJUNCTION_HEDGES, _DESCRIPTOR_NEGATORS, _DESCRIPTOR_WINDOW, _DEVICE_TIP_PATTERNS, _NORMAL_TOKEN_PATTERNS,
+    _PATHOLOGIES, MENTIONS, NEGATION_TERMSET, NORMAL, OTHER, SIZE_DESCRIPTORS, SIZE_MENTIONS, UNCERTAIN_MENTIONS,
+    UNCERTAINTY_TERMSET,
+)
 
 # ---------------------------------------------------------------- pipeline
 def _blank_line_boundaries(doc):
@@ -427,32 +185,100 @@ def _row(values: dict[str, list[float]], other: list[float]) -> np.ndarray:
     return row
 
 
-# ---------------------------------------------------------------- public API
-def label_reports(texts: Sequence[str | None], progress: bool = False, batch_size: int = 256) -> np.ndarray:
-    """Label reports: float32 (N, 14) in the order of ``CHEXPERT_14`` with 1 / 0 / -1 / NaN.
+# ---------------------------------------------------------------- bounded work
+# Reports longer than this are a per-row error by default (labels unknown, reason recorded): real
+# radiology reports run to a few thousand characters (the longest of the 239 notes in shared/data is
+# 2,225; MIMIC-CXR's are shorter), so 20,000 leaves room while a pasted document or a 1 MB cell
+# does not hold up (or, past spaCy's 1,000,000-character limit, crash) the whole file.
+DEFAULT_MAX_CHARS = 20_000
+# NegEx, the descriptor search and the conflict resolution each scan the whole doc per mention, so
+# one doc costs O(length^2). Texts are labeled in pieces of at most this many characters, cut at
+# sentence ends: negation and size scopes never cross a sentence, so the labels are the same, and
+# the work is linear in the length. Shorter texts are labeled whole, exactly as before.
+CHUNK_CHARS = 2_000
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
-    Each text is reduced to its findings + impression (:func:`cxrfm.data.reports.report_body`; text
-    without headers is read whole). None, NaN or empty text (or a report with neither section) gives
-    an all-NaN row.
+
+def split_for_labeling(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
+    """``text`` as consecutive pieces of at most ``chunk_chars`` characters, cut after a sentence end
+    where one exists (else at the last space, else hard): joined back they are ``text``."""
+    if len(text) <= chunk_chars:
+        return [text]
+    pieces, start = [], 0
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]
+    k = 0
+    while start < len(text):
+        limit = start + chunk_chars
+        if limit >= len(text):
+            pieces.append(text[start:])
+            break
+        while k < len(ends) and ends[k] <= start:
+            k += 1
+        cut = None
+        while k < len(ends) and ends[k] <= limit:  # the last sentence end within the limit
+            cut = ends[k]
+            k += 1
+        if cut is None:
+            space = text.rfind(" ", start + 1, limit)
+            cut = space + 1 if space > start else limit
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces
+
+
+# ---------------------------------------------------------------- public API
+def label_reports_with_notes(texts: Sequence[str | None], progress: bool = False, batch_size: int = 256,
+                             max_chars: int | None = DEFAULT_MAX_CHARS) -> tuple[np.ndarray, list[str | None]]:
+    """Labels as :func:`label_reports`, and per row why it has none (None where it was labeled).
+
+    Notes: ``empty report``, ``no findings/impression text``, or ``report has N characters, over
+    max_chars=M`` (that row is left unknown instead of stopping the file; ``max_chars=None`` lifts
+    the cap, the work stays linear in the length).
     """
     nlp = build_pipeline()
     out = np.full((len(texts), len(CHEXPERT_14)), np.nan, dtype=np.float32)
-    bodies: list[tuple[int, str]] = []
+    notes: list[str | None] = [None] * len(texts)
+    pieces: list[tuple[int, str]] = []
     for i, t in enumerate(texts):
-        if t is None or (isinstance(t, float) and math.isnan(t)):
+        if t is None or (isinstance(t, float) and math.isnan(t)) or not str(t).strip():
+            notes[i] = "empty report"
             continue
-        body = report_body(str(t))
-        if body.strip():
-            bodies.append((i, body))
-    docs = nlp.pipe((b for _, b in bodies), batch_size=batch_size)
+        t = str(t)
+        if max_chars is not None and len(t) > max_chars:
+            notes[i] = (f"report has {len(t):,} characters, over max_chars={max_chars:,}: labels left unknown; "
+                        f"raise --max-chars to label it")
+            continue
+        body = report_body(t)
+        if not body.strip():
+            notes[i] = "no findings/impression text"
+            continue
+        pieces.extend((i, p) for p in split_for_labeling(body))
+    docs = nlp.pipe((p for _, p in pieces), batch_size=batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        docs = tqdm(docs, total=len(bodies), desc="label reports", unit="report")
-    for (i, _), doc in zip(bodies, docs):
-        values, other, _ = _doc_mentions(doc, nlp)
-        out[i] = _row(values, other)
-    return out
+        docs = tqdm(docs, total=len(pieces), desc="label reports", unit="piece")
+    values: dict[int, tuple[dict[str, list[float]], list[float]]] = {}
+    for (i, _), doc in zip(pieces, docs):
+        v, other, _ = _doc_mentions(doc, nlp)
+        acc_v, acc_other = values.setdefault(i, ({}, []))
+        for f, vals in v.items():
+            acc_v.setdefault(f, []).extend(vals)
+        acc_other.extend(other)
+    for i, (v, other) in values.items():
+        out[i] = _row(v, other)
+    return out, notes
+
+
+def label_reports(texts: Sequence[str | None], progress: bool = False, batch_size: int = 256,
+                  max_chars: int | None = DEFAULT_MAX_CHARS) -> np.ndarray:
+    """Label reports: float32 (N, 14) in the order of ``CHEXPERT_14`` with 1 / 0 / -1 / NaN.
+
+    Each text is reduced to its findings + impression (:func:`cxrfm.data.reports.report_body`; text
+    without headers is read whole). None, NaN or blank text, a report with neither section, or one
+    longer than ``max_chars`` gives an all-NaN row (:func:`label_reports_with_notes` says which).
+    """
+    return label_reports_with_notes(texts, progress=progress, batch_size=batch_size, max_chars=max_chars)[0]
 
 
 def label_sentence_findings(sentence: str) -> dict[str, float]:
@@ -475,52 +301,8 @@ def label_sentence_findings(sentence: str) -> dict[str, float]:
     return {f: out[f] for f in CHEXPERT_14 if f in out}
 
 
-def _cell_text(v: object) -> str | None:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return None
-    s = str(v)
-    return s if s.strip() else None
+def label_table_file(path_in, path_out, **kwargs) -> str:
+    """See :func:`cxrfm.data.label_table.label_table_file` (kept here for existing imports)."""
+    from .label_table import label_table_file as run
 
-
-def label_table_file(path_in: str | Path, path_out: str | Path, column: str = "report",
-                     progress: bool = False) -> str:
-    """Label the ``column`` of a CSV/Parquet table and write it with one column per CheXpert finding.
-
-    Rows keep their order; empty report cells stay, with blank labels. Existing finding columns are
-    replaced. Returns a one-paragraph summary (rows, labeled, empty, reports/s, positives).
-    """
-    from .schema import read_table, write_table
-
-    path_in, path_out = Path(path_in), Path(path_out)
-    df = read_table(path_in)
-    if column not in df.columns:
-        raise ReportError(
-            f"{path_in}: no column {column!r} with report text; columns found: {', '.join(map(str, df.columns))}. "
-            f"Name the report column with --column (column= in Python)")
-    texts = [_cell_text(v) for v in df[column]]
-    t0 = time.perf_counter()
-    labels = label_reports(texts, progress=progress)
-    seconds = time.perf_counter() - t0
-    replaced = [f for f in CHEXPERT_14 if f in df.columns]
-    out = df.copy()
-    for j, f in enumerate(CHEXPERT_14):
-        out[f] = pd.Series(labels[:, j]).astype("Int8").to_numpy()
-    write_table(out, path_out)
-    n = len(texts)
-    n_empty = sum(t is None for t in texts)
-    n_labeled = int((~np.isnan(labels).all(axis=1)).sum())
-    n_no_body = n - n_empty - n_labeled
-    rate = (n - n_empty) / seconds if seconds > 0 else float("inf")
-    pos = ", ".join(f"{f} {int((labels[:, j] == 1).sum())}" for j, f in enumerate(CHEXPERT_14)
-                    if (labels[:, j] == 1).any())
-    parts = [
-        f"labeled {n_labeled} of {n} rows of {path_in} -> {path_out}",
-        f"{n_empty} empty report cells kept with blank labels",
-    ]
-    if n_no_body:
-        parts.append(f"{n_no_body} reports had no findings/impression text and stay blank")
-    if replaced:
-        parts.append(f"replaced existing columns {', '.join(replaced)}")
-    parts.append(f"{rate:.0f} reports/s")
-    parts.append(f"positives: {pos or 'none'}")
-    return "; ".join(parts) + "."
+    return run(path_in, path_out, **kwargs)

@@ -35,15 +35,21 @@ STRING_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + (
     "view", "sex", "labels", "report", "mask", "license", "source_image", "source_ref", "finding_raw")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet table, with errors that name the file."""
+def read_table(path: str | Path, keep_blank_lines: bool = False) -> pd.DataFrame:
+    """Read a CSV or Parquet table, with errors that name the file.
+
+    ``keep_blank_lines``: an empty or whitespace-only CSV line is a row (all blank) instead of
+    being skipped: in a one-column table of reports that line *is* a row, and dropping it would
+    shift every later row.
+    """
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: no such file; give the path of a manifest .csv or .parquet")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8",
+                           skip_blank_lines=not keep_blank_lines)
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from e
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
