@@ -18,7 +18,6 @@ prints which fraction of the planted copies and of the mismatched pairs each one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -181,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also compare copy-original cosines with nearest-other cosines on N copies (0: skip)")
     args = p.parse_args(argv)
 
+    from cxrfm import pretrain
     from cxrfm.paths import shared_data_dir
-    from cxrfm.train.loop import pretrain
+    from cxrfm.run import RunDir
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from data_efficiency import parse_arm, parse_overrides
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                            curate=arm["curate"], budget=arm["budget"], epochs=args.epochs, seed=args.seed,
                            resume=True, overrides=overrides, curator_kwargs=arm["kwargs"], progress=args.progress,
                            cache_dir=folder / "cache")
-            cur = json.loads((run / "curation.json").read_text(encoding="utf-8"))
+            cur = RunDir(run).read_curation()
             results[arm["tag"]] = {**kept_fractions(set(cur["kept_ids"]), pool.table),
                                    "compute_fraction": cur.get("compute_fraction"),
                                    "wall_s": time.perf_counter() - t0}

@@ -122,8 +122,8 @@ def run_name(tag: str, epochs: int | None, overrides: dict) -> str:
 
 
 def run_one(arm: dict, seed: int, train, evalm, args, overrides: dict) -> dict:
-    from cxrfm.tasks.suite import evaluate
-    from cxrfm.train.loop import pretrain
+    from cxrfm import evaluate, pretrain
+    from cxrfm.run import RunDir
 
     run_dir = args.out / "runs" / run_name(arm["tag"], args.epochs, overrides) / f"seed{seed}"
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def run_one(arm: dict, seed: int, train, evalm, args, overrides: dict) -> dict:
     t_train = time.perf_counter() - t0
     res = evaluate(run_dir, evalm, tasks=("zeroshot",), seed=0, n_boot=args.n_boot, progress=False,
                    cache_dir=args.cache_dir)
-    cur = json.loads((run_dir / "curation.json").read_text(encoding="utf-8"))
+    cur = RunDir(run_dir).read_curation()
     cell = cells(res["tasks"]["zeroshot"])
     return {"arm": arm["tag"], "seed": seed, "epochs": args.epochs, "config": args.config, "overrides": overrides,
             "data_fraction": cur["data_fraction"], "compute_fraction": cur.get("compute_fraction"),

@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxrfm.data.findings import FINDINGS
-from cxrfm.tasks.suite import evaluate
+from cxrfm import FINDINGS, evaluate, pretrain
+from cxrfm.run import RunDir
 from cxrfm.tasks.zero_shot import load_prompts
-from cxrfm.train.loop import pretrain
 from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 RELIABLE = ("Pneumonia", "Viral pneumonia", "No Finding")
@@ -40,8 +39,8 @@ def main() -> None:
         raise SystemExit("real data not found: set CXRFM_DATA")
     train, held = split
     run = args.out / f"seed{args.seed}"
-    if not (run / "model.safetensors").exists():
-        pretrain(train, run, config="tiny-cpu", curate="none", seed=args.seed, progress=True)
+    if not RunDir(run).is_finished():  # a killed run has weights too: resume it rather than evaluate it
+        pretrain(train, run, config="tiny-cpu", curate="none", seed=args.seed, resume=run.exists(), progress=True)
     for name, prompts in (("bundled", load_prompts()), ("x-vs-no-x", negation_scheme())):
         z = evaluate(run, held, tasks=("zeroshot",), prompts=prompts, n_boot=50, progress=False, html=False)
         cells = {f: z["tasks"]["zeroshot"]["findings"].get(f, {}).get("per_source", {}).get(SOURCE) for f in RELIABLE}

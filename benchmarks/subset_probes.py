@@ -56,11 +56,12 @@ class _Fixed(curation.Curator):
 class OraclePediatric(_Fixed):
     name = "oracle-pediatric"
 
-    def __init__(self, n: int, budget: float = 0.2, seed: int = 0, share: float = 1.0, **kwargs):
-        super().__init__(n, budget, seed, **kwargs)
+    def __init__(self, context: curation.CurationContext, share: float = 1.0, **options):
+        super().__init__(context, **options)
+        n = self.n
         _check_rows(n)
         df = DEV["table"]
-        target = curation._target_count(n, budget)
+        target = context.target
         ped = (df["source"] == data_efficiency.PEDIATRIC).to_numpy()
         labels = df["labels"].fillna("").astype(str).to_numpy()
         groups = sorted(set(labels[ped]))
@@ -85,7 +86,7 @@ def thumbnails(manifest, size: int = 128, side: int = 16) -> np.ndarray:
         a = np.asarray(cache.array[start:start + 256], dtype=np.float32)  # (b, S, S)
         t = a.reshape(len(a), side, f, side, f).mean(axis=(2, 4)).reshape(len(a), -1)
         out[start:start + len(a)] = (t - t.mean(1, keepdims=True)) / (t.std(1, keepdims=True) + 1e-6)
-    return curation._normalise(out)
+    return curation.normalise(out)
 
 
 class _PixelTypicality(curation.BalancedCurator):
@@ -95,15 +96,15 @@ class _PixelTypicality(curation.BalancedCurator):
 
     def _select_subset(self, embed) -> None:
         _check_rows(self.n)
-        space = curation._normalise(np.asarray(self.text_features(), dtype=np.float32))
+        space = curation.normalise(np.asarray(self.text_features(), dtype=np.float32))
         thumbs = DEV["thumbs"]
         self.cluster = curation.kmeans_plus_plus_labels(space, self.n_clusters, self.seed)
         k = int(self.cluster.max()) + 1
         quota = curation.water_fill(np.bincount(self.cluster, minlength=k),
-                                    curation._target_count(self.n, self.budget), self.alpha)
+                                    self.context.target, self.alpha)
         for c in range(k):
             pool = np.flatnonzero(self.cluster == c)
-            centre = curation._normalise(thumbs[pool].mean(axis=0, keepdims=True))[0]
+            centre = curation.normalise(thumbs[pool].mean(axis=0, keepdims=True))[0]
             score = thumbs[pool] @ centre  # (m,) cosine to the cluster's mean thumbnail
             order = np.lexsort((self.rng.permutation(len(pool)), -score if self.nearest else score))
             self.kept[pool[order[:int(quota[c])]]] = True
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         DEV["table"] = train.table.reset_index(drop=True)
         DEV["thumbs"] = thumbnails(train)
     for cls in PROBES:
-        curation.CURATORS[cls.name] = cls
+        curation.register_curator(cls)
     return data_efficiency.main(argv)
 
 

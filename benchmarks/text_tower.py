@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm import load_model
-from cxrfm.tasks.suite import evaluate
-from cxrfm.train.loop import pretrain
+from cxrfm import evaluate, load_model, pretrain
+from cxrfm.run import RunDir
 from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 VARIANTS = {
@@ -50,7 +49,7 @@ def main() -> None:
         for seed in range(args.seeds):
             run = args.out / variant / f"seed{seed}"
             t0 = time.perf_counter()
-            if not (run / "model.safetensors").exists():
+            if not RunDir(run).is_finished():  # a killed run has weights too: resume it
                 pretrain(train, run, config="tiny-cpu", curate="none", seed=seed, epochs=args.epochs,
                          overrides=VARIANTS[variant], resume=run.exists(), progress=True)
             wall = time.perf_counter() - t0

@@ -18,7 +18,9 @@ from cxrfm.train import curation
 from cxrfm.train.accounting import Accounting, epoch_batch_sizes, none_run_accounting
 from cxrfm.train.checkpoint import join_arrays, split_arrays
 from cxrfm.train.curation import Curator
-from cxrfm.train.loop import apply_affine, pretrain, random_affine, run_is_finished
+from cxrfm.run import RunDir
+from cxrfm.train.interrupts import CheckpointSchedule
+from cxrfm.train.loop import TrainingDivergedError, apply_affine, pretrain, random_affine, run_is_finished
 from cxrfm.train.losses import clip_loss, siglip_loss
 
 # 32 px, 16 pairs a step, 4 steps an epoch: a few seconds per run on 2 busy cores.
@@ -114,6 +116,7 @@ class HalfCurator(Curator):
 
     name = "test-half"
     kill_at: int | None = None
+    kill_signal = signal.SIGINT
     log: list = []
 
     def __init__(self, context, **options):
@@ -135,7 +138,7 @@ class HalfCurator(Curator):
         keep = self.rng.random(len(idx)) < 0.6
         self.kept[idx[keep]] = True
         if HalfCurator.kill_at is not None and self.calls == HalfCurator.kill_at:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), HalfCurator.kill_signal)
         return keep
 
     def end_epoch(self, epoch):
@@ -155,7 +158,7 @@ class HalfCurator(Curator):
 @pytest.fixture
 def half_curator(monkeypatch):
     monkeypatch.setitem(curation.CURATORS, HalfCurator.name, HalfCurator)
-    HalfCurator.log, HalfCurator.kill_at = [], None
+    HalfCurator.log, HalfCurator.kill_at, HalfCurator.kill_signal = [], None, signal.SIGINT
     return HalfCurator
 
 
@@ -302,3 +305,121 @@ def test_balanced_curator_reuses_the_loops_counted_text_features(tmp_path, cxr_m
     assert summary["minilm_texts_encoded"] == 0
     assert abs(cur["data_fraction"] - 0.25) <= 0.02
     assert cur["passes"]["text_cache_fwd"] > 0
+
+
+# ------------------------------------------------------------------ runs say what they are (issue 9 item 7)
+def test_status_records_step_finished_and_weights_hash(none_run, manifest64):
+    status = RunDir(none_run).status(verify=True)
+    assert status["step"] == status["total_steps"] == 12 and status["finished"] is True
+    assert status["weights_sha256"] == RunDir(none_run).weights_sha256() and status["weights_match"] is True
+    assert status["error"] is None
+    # the training data identity: every patient of the training rows, and the manifest's content hash
+    data = RunDir(none_run).training_data()
+    patients = set(manifest64.table["patient_id"].astype(str))
+    assert data["data_hash"] == manifest64.content_hash() and data["n_rows"] == 64
+    assert RunDir(none_run).training_patients() == patients
+    some = sorted(patients)[:3]
+    assert RunDir(none_run).shared_patients(some + ["nobody-else"]) == some
+
+
+def test_sigterm_run_is_unfinished_until_resumed(half_curator, manifest64, cache_dir, tmp_path):
+    """A SIGTERM at step 6 of 8 leaves a checkpoint that says so; it is not a finished run."""
+    half_curator.kill_at, half_curator.kill_signal = 6, signal.SIGTERM
+    out = tmp_path / "term"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(manifest64, out, curate="test-half", epochs=2, overrides=SMALL, progress=False, cache_dir=cache_dir)
+    status = RunDir(out).status(verify=True)
+    assert status == {"step": 6, "total_steps": 8, "finished": False, "weights_sha256": status["weights_sha256"],
+                      "error": None, "weights_match": True}
+    assert not run_is_finished(out) and not RunDir(out).is_finished()
+    half_curator.kill_at = None
+    pretrain(manifest64, out, curate="test-half", epochs=2, overrides=SMALL, progress=False, cache_dir=cache_dir,
+             resume=True)
+    assert RunDir(out).status()["finished"] is True and RunDir(out).status()["step"] == 8
+
+
+def test_resumed_runs_curation_json_equals_uninterrupted(manifest64, cache_dir, tmp_path):
+    """Three interruptions (each a checkpoint then exit, as after a kill) and a resume give the same
+    curation.json as one uninterrupted run: the frozen text-cache pass is counted once."""
+    kw = dict(curate="balanced", budget=0.5, epochs=3, overrides=SMALL, progress=False, cache_dir=cache_dir)
+    ref = pretrain(manifest64, tmp_path / "ref", **kw)
+    out = tmp_path / "killed"
+    for _ in range(3):
+        pretrain(manifest64, out, resume=True, max_steps=2, **kw)
+    assert RunDir(out).status()["finished"] is False
+    pretrain(manifest64, out, resume=True, **kw)
+    a, b = RunDir(ref).read_curation(), RunDir(out).read_curation()
+    assert a["passes"]["text_cache_fwd"] > 0 and a["compute_fraction"] < 1
+    assert b == a  # kept ids, compute accounting, curator summary: all of it
+    assert_same_weights(out, ref)
+
+
+def test_time_trigger_checkpoints_between_step_checkpoints(half_curator, manifest64, cache_dir, tmp_path):
+    """checkpoint_every_s: with a tiny interval every step is saved although checkpoint_every is 1000."""
+    seen = []
+    half_curator.log = seen
+    out = tmp_path / "timed"
+    half_curator.kill_at, half_curator.kill_signal = 3, signal.SIGTERM  # the stop checkpoint comes after step 3
+    original = HalfCurator.select
+
+    def select_and_read_status(self, epoch, idx, img, txt):
+        seen.append(("status", RunDir(out).status()["step"]))
+        return original(self, epoch, idx, img, txt)
+
+    HalfCurator.select = select_and_read_status
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(manifest64, out, curate="test-half", epochs=2, progress=False, cache_dir=cache_dir,
+                     overrides={**SMALL, "checkpoint_every_s": 1e-9})
+    finally:
+        HalfCurator.select = original
+    # before step k's select the weights on disk are those of step k - 1
+    assert [e[1] for e in seen if e[0] == "status"] == [None, 1, 2]
+
+
+def test_checkpoint_schedule_steps_or_seconds_whichever_first():
+    now = [100.0]
+    sched = CheckpointSchedule(every_steps=5, every_s=60.0, clock=lambda: now[0])
+    assert not sched.due(1)
+    now[0] += 59.0
+    assert not sched.due(2)
+    now[0] += 1.0
+    assert sched.due(3)  # 60 s since the last checkpoint
+    sched.saved()
+    assert not sched.due(4) and sched.due(5)  # the step trigger still holds
+
+
+def test_exploding_lr_stops_with_an_error_and_no_finished_weights(manifest64, cache_dir, tmp_path):
+    out = tmp_path / "lr1e9"
+    with pytest.raises(TrainingDivergedError, match=r"at step \d+.*train\.lr="):
+        pretrain(manifest64, out, curate="none", epochs=3, progress=False, cache_dir=cache_dir,
+                 overrides={**SMALL, "lr": 1e9})
+    status = RunDir(out).status()
+    assert status["finished"] is not True
+    assert "lower the learning rate" in status["error"].lower()
+    if RunDir(out).weights.exists():  # only a checkpoint of finite weights may exist
+        assert all(torch.isfinite(v).all() for v in weights(out).values())
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-0.1", "Infinity", "0"])
+def test_cli_rejects_bad_lr_at_config_time(value, manifest64, tmp_path, capsys):
+    from cxrfm.cli import main
+
+    manifest = manifest64.save(tmp_path / "m.csv")
+    rc = main(["pretrain", "--data", str(manifest), "--out", str(tmp_path / "run"), "--curate", "none",
+               "--set", f"train.lr={value}", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_exits_2_when_training_diverges(manifest64, cache_dir, tmp_path, capsys):
+    from cxrfm.cli import main
+
+    manifest = manifest64.save(tmp_path / "m.csv")
+    rc = main(["pretrain", "--data", str(manifest), "--out", str(tmp_path / "run"), "--curate", "none",
+               "--epochs", "2", "--cache-dir", str(cache_dir), "--no-progress",
+               "--set", "image_size=32", "--set", "batch_size=16", "--set", "train.lr=1e9"])
+    assert rc == 2
+    assert "lower the learning rate" in capsys.readouterr().err.lower()

@@ -8,7 +8,6 @@ Every step writes under OUT, so a finished step's files stay even if a later one
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -51,15 +50,17 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all") -> int:
 
     t = _step("4/5 pretrain tiny-cpu with prototype curation (budget 0.2) on a patient-disjoint 75% part")
     from .data.splits import train_eval_split
+    from .run import RunDir
     from .train.loop import pretrain
 
     train_part, eval_part = train_eval_split(manifest, eval_fraction=0.25, seed=0)
     train_part.save(out / "data" / "train.csv")
     eval_part.save(out / "data" / "eval.csv")
     print(f"train: {len(train_part)} images / eval: {len(eval_part)} images (no patient in both)")
-    run = pretrain(train_part, out / "run", config="tiny-cpu", curate="prototype", budget=0.2,
-                   epochs=epochs, seed=0, resume=(out / "run" / "config.json").exists(), progress=True)
-    cur = json.loads((run / "curation.json").read_text())
+    run_dir = RunDir(out / "run")
+    run = pretrain(train_part, run_dir.path, config="tiny-cpu", curate="prototype", budget=0.2,
+                   epochs=epochs, seed=0, resume=run_dir.config.exists(), progress=True)
+    cur = run_dir.read_curation()
     print(f"run: {run}  data_fraction={cur['data_fraction']:.3f}  compute_fraction={cur['compute_fraction']:.3f}"
           f"  ({time.perf_counter() - t:.0f} s)")
 
