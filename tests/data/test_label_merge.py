@@ -110,3 +110,16 @@ def test_long_report_is_labeled_in_bounded_pieces():
     assert max(map(len, split_for_labeling(run_on))) <= CHUNK_CHARS and "".join(split_for_labeling(run_on)) == run_on
     _, notes = label_reports_with_notes([long])
     assert "over max_chars=20,000" in notes[0]
+
+
+def test_summary_counts_unmapped_labels_and_labeler_notes(tmp_path):
+    from cxrfm.data.summary import summarize
+
+    pd.DataFrame({"image": ["a.png", "b.png", "c.png"], "patient_id": ["p", "q", "r"],
+                  "source": ["covid-chestxray-dataset"] * 3, "labels": ["Bacterial", "Pneumonia/Viral/Novel", "Zzz"],
+                  "report": ["", "x" * 30, "Cardiomegaly."]}).to_csv(tmp_path / "m.csv", index=False)
+    label_table_file(tmp_path / "m.csv", tmp_path / "o.csv", max_chars=20)
+    text = summarize(Manifest.load(tmp_path / "o.csv"))
+    assert "rows the report labeler could not read: empty report 1, over max_chars 1" in text
+    text = summarize(Manifest.load(tmp_path / "m.csv"))
+    assert "1 row(s) carry raw labels cxrfm cannot map, unknown for those rows: 'Zzz' 1" in text

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .findings import FINDINGS
-from .schema import Manifest
+from .schema import Manifest, unmapped_labels
 
 # how many findings the per-source table shows (most positives first)
 MAIN_FINDINGS = 8
@@ -92,4 +92,15 @@ def summarize(manifest: Manifest) -> str:
     no_label = int(np.isnan(labels).all(1).sum())
     if no_label:
         lines.append(f"\n{no_label} row(s) have no known label")
+    unmapped = unmapped_labels(df)
+    if len(unmapped):
+        names = ", ".join(f"{k!r} {v}" for k, v in unmapped["label"].value_counts().head(8).items())
+        lines.append(f"{unmapped['row'].nunique()} row(s) carry raw labels cxrfm cannot map, unknown for those rows: "
+                     f"{names}")
+    if "label_note" in df.columns:
+        notes = df["label_note"].dropna().astype(str)
+        notes = notes[notes.str.strip() != ""].map(lambda n: "over max_chars" if "max_chars" in n else n)
+        if len(notes):
+            lines.append("rows the report labeler could not read: "
+                         + ", ".join(f"{k} {v}" for k, v in notes.value_counts().items()))
     return "\n".join(lines)
