@@ -186,6 +186,18 @@ def test_corrupt_jpeg_lossless_is_a_clear_error(tmp_path):
         read_image(p)
 
 
+@pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPEGLSNearLossless_16.dcm", "JPEG2000.dcm"])
+def test_codestream_cut_inside_a_whole_dicom_is_refused(tmp_path, name):
+    """libjpeg would fill the missing rows of a cut JPEG Lossless stream without a word: refuse it instead."""
+    ds = pydicom.dcmread(_testfile(name))
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) * 2 // 3]])
+    ds.save_as(tmp_path / "cut.dcm")
+    with pytest.raises(ImageReadError, match=r"cut.dcm: DICOM pixel data cannot be decoded: the .* frame does not "
+                                             r"end with an end-of-image marker"):
+        read_image(tmp_path / "cut.dcm")
+
+
 def test_truncated_compressed_dicom_is_a_clear_error():
     data = _testfile("JPEG-LL.dcm").read_bytes()
     for cut in (len(data) // 2, len(data) - 100):

@@ -49,6 +49,7 @@ _RE_EXPORT = ("convert it to an uncompressed DICOM (e.g. `gdcmconv --raw in.dcm 
 
 def decode_pixel_array(ds, name: str) -> np.ndarray:
     """The stored pixel values of a single-frame data set, decompressed; :class:`ImageReadError` if not."""
+    _check_end_marker(ds, name)
     try:
         return _pixel_array(ds)
     except Exception as first:  # noqa: BLE001 - pydicom and its plug-ins raise many types
@@ -84,6 +85,28 @@ def describe_failure(name: str, tsyntax, error: Exception) -> str:
         hint = f" Another decoder may read it: `pip install {packages}`."
     return (f"{name}: DICOM pixel data cannot be decoded, {ts}{tried}: {type(error).__name__}: "
             f"{_first_lines(error)}. The file is probably truncated or corrupt; re-export it.{hint}")
+
+
+def _check_end_marker(ds, name: str) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 frame cut short inside a well-formed DICOM envelope.
+
+    libjpeg decodes such a stream without complaint and fills in the missing rows: a silently wrong
+    image. Every complete codestream of these families ends with FFD9 (EOI, or EOC for JPEG 2000);
+    encoders pad an odd length with one 00 or FF byte after it (both seen in pydicom-data).
+    """
+    tsyntax = _transfer_syntax(ds)
+    if tsyntax is None or str(tsyntax) not in PACKAGES or str(tsyntax) == "1.2.840.10008.1.2.5":  # RLE: no marker
+        return
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    except Exception:  # noqa: BLE001 - malformed encapsulation: the decoder reports it
+        return
+    if not frame.rstrip(b"\x00\xff").endswith(b"\xd9") or not frame.rstrip(b"\x00\xff")[:-1].endswith(b"\xff"):
+        raise ImageReadError(f"{name}: DICOM pixel data cannot be decoded: the {tsyntax.name} frame does not end "
+                             f"with an end-of-image marker ({len(frame):,} bytes), so it was cut short; the file "
+                             f"is truncated or corrupt: export it again")
 
 
 def _pixel_array(ds) -> np.ndarray:
