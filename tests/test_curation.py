@@ -9,71 +9,7 @@ import pytest
 
 from cxrfm.errors import ConfigError
 from cxrfm.train.curation import CURATORS, build_curator, water_fill
-
-DIM = 16
-
-
-def _unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def make_pool(sizes, seed=0, noise=0.15, outliers=0, duplicates=0, text_noise=None):
-    """Clustered (img, txt) embeddings. Returns img, txt, cluster id (-1 outlier, -2 duplicate).
-
-    ``text_noise=0`` gives every pair of a cluster the same text, as label-derived template reports do.
-    """
-    rng = np.random.default_rng(seed)
-    k = len(sizes)
-    t_centres, i_centres = _unit(rng.normal(size=(k, DIM))), _unit(rng.normal(size=(k, DIM)))
-    cid = np.repeat(np.arange(k), sizes)
-    text_noise = noise if text_noise is None else text_noise
-    txt = _unit(t_centres[cid] + text_noise * rng.normal(size=(len(cid), DIM)))
-    img = _unit(i_centres[cid] + noise * rng.normal(size=(len(cid), DIM)))
-    if outliers:
-        # near cluster 0 in direction, but far from every member: beyond the 3-sd band
-        o_txt = _unit(t_centres[0] + 0.9 * rng.normal(size=(outliers, DIM)))
-        o_img = _unit(i_centres[0] + 0.9 * rng.normal(size=(outliers, DIM)))
-        txt, img = np.vstack([txt, o_txt]), np.vstack([img, o_img])
-        cid = np.concatenate([cid, -np.ones(outliers, int)])
-    if duplicates:
-        # near-copies of one pair at the centre of cluster 0 (the dense core): same text, image
-        # jittered very slightly
-        d_txt = np.repeat(_unit(t_centres[:1] + 0.01 * rng.normal(size=(1, DIM))), duplicates, axis=0)
-        d_img = _unit(i_centres[:1] + 1e-3 * rng.normal(size=(duplicates, DIM)))
-        txt, img = np.vstack([txt, d_txt]), np.vstack([img, d_img])
-        cid = np.concatenate([cid, -2 * np.ones(duplicates, int)])
-    perm = rng.permutation(len(cid))
-    return img[perm], txt[perm], cid[perm]
-
-
-def batches(curator, epoch, rng, batch_size=32):
-    rows = rng.permutation(curator.epoch_rows(epoch))
-    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-
-
-def drive(curator, img, txt, epochs=2, seed=0, batch_size=32):
-    """Run the loop protocol; returns the rows that got a loss in each epoch."""
-    rng = np.random.default_rng(seed)
-    embed = lambda idx: (img[idx], txt[idx])  # noqa: E731
-    trained = []
-    for epoch in range(epochs):
-        curator.begin_epoch(epoch, embed)
-        got = []
-        for idx in batches(curator, epoch, rng, batch_size):
-            keep = curator.select(epoch, idx, img[idx], txt[idx])
-            assert keep.dtype == bool and keep.shape == idx.shape
-            got.append(idx[keep])
-        curator.end_epoch(epoch)
-        trained.append(np.sort(np.concatenate(got)))
-    return trained
-
-
-def json_round_trip(state):
-    """What the loop does on save: JSON for plain values, arrays to safetensors (here: copied)."""
-    arrays = {k: v.copy() for k, v in state.items() if isinstance(v, np.ndarray)}
-    plain = json.loads(json.dumps({k: v for k, v in state.items() if k not in arrays}))
-    return {**plain, **arrays}
-
+from tests.curator_helpers import DIM, unit, batches, drive, json_round_trip, make_pool
 
 CURATED = ["random", "prototype", "balanced"]
 
@@ -155,7 +91,7 @@ def test_balanced_central_keeps_each_clusters_most_typical_texts():
     cos_to_centre = np.empty(n)
     for c in range(3):  # the curator's own text clusters
         m = central.cluster == c
-        cos_to_centre[m] = txt[m] @ _unit(txt[m].mean(0))
+        cos_to_centre[m] = txt[m] @ unit(txt[m].mean(0))
     kept = np.isin(np.arange(n), central.kept_rows())
     for c in range(3):  # inside every cluster, every kept text is more typical than every dropped one
         m = central.cluster == c
@@ -178,8 +114,8 @@ def test_balanced_clusters_on_minilm_texts_when_given():
     texts = (["Normal chest radiograph."] * 60 + ["Right lower lobe pneumonia."] * 30
              + ["Small left pleural effusion."] * 10)
     rng = np.random.default_rng(0)
-    img = _unit(rng.normal(size=(100, DIM)))
-    txt = _unit(rng.normal(size=(100, DIM)))  # meaningless model text embeddings: MiniLM must be used
+    img = unit(rng.normal(size=(100, DIM)))
+    txt = unit(rng.normal(size=(100, DIM)))  # meaningless model text embeddings: MiniLM must be used
     cur = build_curator("balanced", n=100, budget=0.3, seed=0, n_clusters=3, texts=texts, alpha=0.0)
 
     def no_embed(idx):
@@ -198,7 +134,7 @@ def test_balanced_refresh_drops_misaligned_pairs_without_adding_rows():
     n = len(img)
     bad = np.random.default_rng(0).choice(n, size=25, replace=False)
     img = img.copy()
-    img[bad] = _unit(-txt[bad])  # pairs whose image disagrees with the text
+    img[bad] = unit(-txt[bad])  # pairs whose image disagrees with the text
     cur = build_curator("balanced", n=n, budget=0.5, seed=0, refresh_every=1, noise_drop=0.1)
     drive(cur, img, txt, epochs=2)
     active = cur.epoch_rows(2)
