@@ -104,3 +104,18 @@ def test_truncated_png_is_caught_at_ingest(export, tmp_path, capsys):
     assert "4 rows" in printed and "truncated pixel data was not checked" in printed
     assert ingest(export, "manifest", tmp_path / "none", "--no-check-images") == 0
     assert "not whether they decode" in capsys.readouterr().out
+
+
+def test_out_that_is_a_file_is_a_clear_error(export, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert ingest(export, "manifest", tmp_path / "afile") == 2
+    err = capsys.readouterr().err
+    assert "afile: --out is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_empty_cell_spellings_are_unlabelled_not_unmapped(export, tmp_path, capsys):
+    df = pd.read_csv(export, dtype=str, keep_default_na=False)
+    df["labels"] = ["nan", "N/A", "None", "null"]
+    df.to_csv(export, index=False)
+    assert ingest(export, "manifest", tmp_path / "out", "--strict") == 0
+    assert "cannot map" not in capsys.readouterr().out

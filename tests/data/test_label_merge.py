@@ -123,3 +123,9 @@ def test_summary_counts_unmapped_labels_and_labeler_notes(tmp_path):
     assert "rows the report labeler could not read: empty report 1, over max_chars 1" in text
     text = summarize(Manifest.load(tmp_path / "m.csv"))
     assert "1 row(s) carry raw labels cxrfm cannot map, unknown for those rows: 'Zzz' 1" in text
+
+
+def test_control_characters_do_not_hide_sentence_ends():
+    plain, nul = label_reports(["No effusion. Cardiomegaly.", "No effusion.\x00 Cardiomegaly.\x07"])
+    np.testing.assert_array_equal(np.nan_to_num(nul, nan=9), np.nan_to_num(plain, nan=9))
+    assert nul[IDX["Cardiomegaly"]] == 1

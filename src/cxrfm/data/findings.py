@@ -183,7 +183,8 @@ SOURCES: dict[str, SourceLabels] = {
 }
 
 # Placeholders some sources put where a label is still to come: the row is unlabelled.
-UNINFORMATIVE: frozenset[str] = frozenset({"todo", "unknown", "pending", ""})
+# "nan" / "none" / "n/a" are what spreadsheets and pandas write for an empty cell.
+UNINFORMATIVE: frozenset[str] = frozenset({"todo", "unknown", "pending", "", "nan", "none", "n/a", "na", "null"})
 
 # IU/Open-i MeSH: the first segment of a term ("Opacity/lung/base/left") decides, refined by its
 # first two segments ("cicatrix/lung") or by a qualifier anywhere ("costophrenic angle+blunted").

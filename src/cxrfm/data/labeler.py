@@ -197,6 +197,8 @@ DEFAULT_MAX_CHARS = 20_000
 # the work is linear in the length. Shorter texts are labeled whole, exactly as before.
 CHUNK_CHARS = 2_000
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+# NUL and other C0 controls (from binary exports) glue tokens together and hide sentence ends
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def split_for_labeling(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
@@ -248,7 +250,7 @@ def label_reports_with_notes(texts: Sequence[str | None], progress: bool = False
             notes[i] = (f"report has {len(t):,} characters, over max_chars={max_chars:,}: labels left unknown; "
                         f"raise --max-chars to label it")
             continue
-        body = report_body(t)
+        body = report_body(_CONTROL.sub(" ", t))
         if not body.strip():
             notes[i] = "no findings/impression text"
             continue

@@ -103,6 +103,8 @@ def ingest(src: Path, fmt: str, out_dir: Path, check_images: bool | str = True, 
         takers = [f for f, lay in sorted(LAYOUTS.items()) if name in lay.options]
         raise ManifestError(f"--{name.replace('_', '-')} does not apply to --format {fmt}; drop it "
                             f"(it applies to --format {', '.join(takers) or 'none'})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ManifestError(f"{out_dir}: --out is a file, not a folder; give a folder (manifest.csv is written in it)")
     table = layout.read_rows(src, **options)
     outputs = [out_dir / n for n in (MANIFEST_FILE, SKIPPED_FILE, UNMAPPED_FILE)]
     _refuse_overwriting_inputs(outputs, [src] + list(table.attrs.get("inputs", [])), fmt)
@@ -147,7 +149,10 @@ def ingest(src: Path, fmt: str, out_dir: Path, check_images: bool | str = True, 
     kept = table[keep].reset_index(drop=True)
     origins = list(kept[ORIGIN])
     kept = kept.drop(columns=[ORIGIN, SKIP])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ManifestError(f"{out_dir}: cannot create the output folder ({e.strerror}); choose a writable --out") from e
     skipped_df = pd.concat([s for s in skipped if len(s)], ignore_index=True) if any(len(s) for s in skipped) \
         else None
     skipped_path = _write_or_clear(skipped_df, out_dir / SKIPPED_FILE)
