@@ -12,7 +12,7 @@ from cxrfm.tasks import suite
 from cxrfm.tasks.retrieval import load_index
 from cxrfm.tasks.suite import evaluate, format_results_table
 
-from .test_zero_shot import StandInModel, subset_manifest
+from tests.helpers import StandInModel, subset_manifest
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-HELD_OUT = "hmh_0578e08b.png"  # a held-out CXR the tiny run's gate accepts (tests/test_serve.py)
+from tests.helpers import HELD_OUT as _HELD_OUT
+
+HELD_OUT = _HELD_OUT[0]  # a held-out CXR the tiny run's gate accepts
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Label-efficient probe on real data: the stand-in encoder of test_zero_shot, then a tiny real pretraining run.
 
-``tiny_run`` (a 1-epoch tiny-cpu pretraining on 160 real images at 32 px) is shared with the
-segmentation and shortcut tests.
+``make_tiny_run`` (tests/helpers.py: a 1-epoch tiny-cpu pretraining on 160 real images at 32 px) is
+shared with the segmentation and shortcut tests.
 """
 from __future__ import annotations
 
@@ -12,18 +12,9 @@ from cxrfm.data.findings import FINDINGS
 from cxrfm.metrics import auroc
 from cxrfm.tasks import probe
 from cxrfm.tasks.suite import EvalContext, TaskSkipped
-from tests.test_zero_shot import StandInModel, subset_manifest
+from tests.helpers import StandInModel, make_tiny_run, subset_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_tiny_run(root, manifest_path, cache_dir):
-    """Pretrain tiny-cpu for one epoch on 40 rows per source at 32 px; returns the run dir."""
-    from cxrfm.train.loop import pretrain
-
-    m = subset_manifest(manifest_path, per_source=40)
-    return pretrain(m, root / "run", config="tiny-cpu", curate="none", epochs=1, seed=0,
-                    overrides={"image_size": 32}, progress=False, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")

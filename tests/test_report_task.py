@@ -27,7 +27,7 @@ from cxrfm.inference.report import structured_report
 from cxrfm.tasks.suite import EvalContext, _jsonable
 from cxrfm.tasks.zero_shot import load_prompts
 
-from .test_zero_shot import StandInModel, subset_manifest
+from tests.helpers import StandInModel, subset_manifest
 
 NAN = np.nan
 

@@ -11,7 +11,7 @@ from cxrfm.tasks.embed import FileImages, report_texts
 from cxrfm.tasks.retrieval import build_index, load_index, retrieval_recall, save_index
 from cxrfm.tasks.suite import evaluate
 
-from .test_zero_shot import StandInModel, subset_manifest
+from tests.helpers import StandInModel, subset_manifest
 
 
 class OracleTextModel(StandInModel):

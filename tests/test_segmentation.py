@@ -9,8 +9,7 @@ from scipy.spatial.distance import cdist
 from cxrfm.data.schema import Manifest
 from cxrfm.tasks import segmentation as seg
 from cxrfm.tasks.suite import EvalContext, TaskSkipped
-from tests.test_probe import make_tiny_run
-from tests.test_zero_shot import StandInModel
+from tests.helpers import StandInModel, make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

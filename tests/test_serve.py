@@ -1,15 +1,12 @@
 """The HTTP API on a tiny model trained here on real CXRs: analysis, OOD refusal, hostile uploads.
 
-The helpers at the top (``tiny_run``, ``tiny_index``, ``png_bytes``...) are shared by the other
-test_serve_*.py files; the tiny run is trained once per session (cached under pytest's basetemp).
+The shared helpers (``tiny_run``, ``tiny_index``, ``png_bytes``...) live in tests/helpers.py; the tiny
+run is trained once per session (cached under pytest's basetemp).
 """
 from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,100 +14,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-TRAIN_ROWS = 100
-HELD_OUT = ("hmh_0578e08b.png", "hmh_3b46de94.png", "hmh_7b68340a.png", "ccx_16724_1_1.png",
-            "ccx_covid-19-pneumonia-40.png")
-
-
-# ---------------------------------------------------------------- shared helpers
-def tiny_run(tmp_path_factory, shared_data: Path) -> Path:
-    """A tiny-cpu run trained 1 epoch on ~100 real CXRs (once per session; ~30 s on 2 cores)."""
-    from filelock import FileLock
-
-    root = Path(tmp_path_factory.getbasetemp()) / "serve_tiny"
-    root.mkdir(parents=True, exist_ok=True)
-    run = root / "run"
-    with FileLock(str(root / ".lock")):
-        if not (run / "model.safetensors").exists():
-            try:
-                from cxrfm.train.loop import pretrain
-            except ImportError as e:  # pragma: no cover - only while the training layer is missing
-                pytest.skip(f"cxrfm.train.loop.pretrain not importable ({e})")
-            import pandas as pd
-
-            from cxrfm.data.schema import Manifest
-
-            m = Manifest.load(shared_data / "cxr" / "manifest.csv")
-            held = set(HELD_OUT)
-            ok = [i for i, p in enumerate(m.table["image"]) if Path(p).name not in held]
-            rows = sorted(np.random.default_rng(0).permutation(ok)[:TRAIN_ROWS])
-            df = m.table.iloc[rows].copy()
-            df["image"] = [str(m.root / p) for p in df["image"]]
-            df["mask"] = [str(m.root / p) if isinstance(p, str) and p else "" for p in df["mask"]]
-            pd.DataFrame(df).to_csv(root / "train_manifest.csv", index=False)
-            pretrain(root / "train_manifest.csv", run, config="tiny-cpu", curate="none", budget=1.0, epochs=1,
-                     seed=0, progress=False, cache_dir=root / "cache")
-    return run
-
-
-def tiny_index(run: Path) -> Path:
-    """A retrieval index over the tiny run's training images (built with the retrieval module)."""
-    out = run.parent / "index"
-    if (out / "index.json").exists():
-        return out
-    import pandas as pd
-
-    from cxrfm.models.dual import load_model
-    from cxrfm.inference.gate import embed_images
-    from cxrfm.tasks.retrieval import build_index, save_index
-
-    df = pd.read_csv(run.parent / "train_manifest.csv")
-    emb = embed_images(load_model(run), list(df["image"])).numpy()
-    reports = [r if isinstance(r, str) and r.strip() else f"Labels: {lab}" for r, lab in zip(df["report"], df["labels"])]
-    save_index(build_index(emb, [Path(p).name for p in df["image"]], reports, {"model": run.name}), out)
-    return out
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    """(H, W) float in [0, 1] or uint8 -> PNG bytes."""
-    from PIL import Image
-
-    a = arr if arr.dtype == np.uint8 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def natural_png(name: str = "astronaut") -> bytes:
-    from cxrfm.tasks.ood import skimage_image
-
-    return png_bytes(skimage_image(name)[0].numpy())
-
-
-def bomb_png(side: int = 60_000) -> bytes:
-    """A tiny PNG whose header declares side x side pixels (a decompression bomb's signature)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (side + 1) * 4)  # a few rows; the rest would inflate to 3.6 GB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def dicom_without_pixels() -> bytes:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\x00" * 128)
-    ds.Modality, ds.PatientID, ds.SOPInstanceUID = "CR", "x", meta.MediaStorageSOPInstanceUID
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+from tests.helpers import (  # noqa: E402
+    HELD_OUT, bomb_png, dicom_without_pixels, natural_png, png_bytes, tiny_index,
+)
 
 
 # ---------------------------------------------------------------- fixtures

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve import HELD_OUT, natural_png
-from tests.test_serve_load import server  # noqa: F401 - the uvicorn subprocess fixture
+from tests.helpers import HELD_OUT, natural_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "serve.png"
@@ -42,7 +41,7 @@ def browser():
             b.close()
 
 
-def test_page_upload_cxr_then_refusal(browser, server, shared_data, tmp_path):  # noqa: F811
+def test_page_upload_cxr_then_refusal(browser, server, shared_data, tmp_path):
     url, _proc = server
     # a test run never rewrites tracked files unless asked to
     SCREENSHOT = DOCS_SCREENSHOT if os.environ.get("CXRFM_UPDATE_DOCS") == "1" else tmp_path / "serve.png"

@@ -7,8 +7,7 @@ import pytest
 from cxrfm.tasks import shortcut as sc
 from cxrfm.tasks.suite import EvalContext, TaskSkipped
 from cxrfm.tasks.zero_shot import load_prompts
-from tests.test_probe import make_tiny_run
-from tests.test_zero_shot import StandInModel, subset_manifest
+from tests.helpers import StandInModel, make_tiny_run, subset_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

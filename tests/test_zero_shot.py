@@ -2,12 +2,11 @@
 
 The stand-in (:class:`StandInModel`) answers the model contract exactly (``image_size``,
 ``encode_image``, ``encode_text``) with fixed random projections, so these tests check the task's
-arithmetic, not a trained model. The other eval tests import it from here.
+arithmetic, not a trained model. It lives in tests/helpers.py with the other shared helpers.
 """
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -20,45 +19,10 @@ from cxrfm.data.schema import Manifest
 from cxrfm.errors import ConfigError
 from cxrfm.tasks.embed import FileImages, embed_texts
 from cxrfm.tasks.suite import EvalContext, evaluate
+from tests.helpers import StandInModel, subset_manifest
 from cxrfm.tasks.zero_shot import (
     build_zero_shot_classifier, load_prompts, zero_shot_auroc, zero_shot_scores,
 )
-
-
-class StandInModel:
-    """Dual-encoder contract with no training: 8x8 average-pooled pixels and hashed bag-of-words,
-    each through a fixed random projection to D dimensions."""
-
-    def __init__(self, image_size: int = 32, dim: int = 32, seed: int = 0, vocab: int = 512):
-        g = torch.Generator().manual_seed(seed)
-        self.image_size = image_size
-        self.vocab = vocab
-        self.w_img = torch.randn(64, dim, generator=g)
-        self.w_txt = torch.randn(vocab, dim, generator=g)
-        self.text_calls = 0
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        assert images.ndim == 4 and images.shape[1:] == (1, self.image_size, self.image_size)
-        x = torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)  # (B, 64)
-        x = (x - x.mean(dim=1, keepdim=True)) @ self.w_img  # (B, D)
-        return torch.nn.functional.normalize(x, dim=-1) if normalize else x
-
-    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
-        self.text_calls += 1
-        bags = torch.zeros(len(texts), self.vocab)
-        for i, t in enumerate(texts):
-            for tok in t.lower().replace(".", " ").split():
-                bags[i, zlib.crc32(tok.encode()) % self.vocab] += 1
-        x = bags @ self.w_txt  # (B, D)
-        return torch.nn.functional.normalize(x, dim=-1) if normalize else x
-
-
-def subset_manifest(path, per_source: int = 50) -> Manifest:
-    """First ``per_source`` rows of each source of the real manifest (covid rows carry report text)."""
-    m = Manifest.load(path)
-    rows = np.concatenate([np.flatnonzero(m.table["source"].to_numpy() == s)[:per_source]
-                           for s in sorted(m.table["source"].unique())])
-    return m.subset(np.sort(rows))
 
 
 @pytest.fixture(scope="module")
