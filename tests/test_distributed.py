@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cxrfm.data.schema import Manifest
-from cxrfm.train.curation import CURATORS
+from cxrfm.run import RunDir
+from cxrfm.train.curation import list_curators
 
 
 def test_torchrun_two_ranks_train_and_curate_identically(cxr_manifest_path, tmp_path):
@@ -25,7 +26,7 @@ def test_torchrun_two_ranks_train_and_curate_identically(cxr_manifest_path, tmp_
     rows = np.sort(np.random.default_rng(1).choice(usable, size=48, replace=False))
     manifest = tmp_path / "data" / "manifest.csv"
     full.subset(rows).save(manifest)
-    curate = "prototype" if "prototype" in CURATORS else "random"
+    curate = "prototype" if "prototype" in list_curators() else "random"
     env = {**os.environ, "CXRFM_DEBUG_DIR": str(tmp_path / "debug"), "CXRFM_CACHE": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -54,6 +55,10 @@ def test_torchrun_two_ranks_train_and_curate_identically(cxr_manifest_path, tmp_
     assert ranks[0]["world"] == 2
     for key in ("kept_rows", "curator_state", "weights", "accounting", "step"):
         assert ranks[0][key] == ranks[1][key], key
+    # The run says what it is once, from rank 0: finished, at the last step, with the weights' hash.
+    status = RunDir(run).status(verify=True)
+    assert status["finished"] is True and status["step"] == ranks[0]["step"] == status["total_steps"]
+    assert status["weights_match"] is True
 
 
 # ------------------------------------------------------------------ gathered loss == one process
