@@ -136,13 +136,16 @@ def _add_split(sub):
     p.add_argument("--out", required=True, type=Path, help="output folder (or a .csv/.parquet path)")
     p.add_argument("--fractions", default="0.7,0.1,0.2", help="train,val,test fractions (default 0.7,0.1,0.2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replace-split", action="store_true",
+                   help="replace an existing `split` column that differs from the new one (default: refuse)")
     p.set_defaults(func=_run_split)
 
 
 def _run_split(args) -> int:
     from .data.splits import split_manifest_file
 
-    print(split_manifest_file(args.manifest, args.out, fractions=args.fractions, seed=args.seed))
+    print(split_manifest_file(args.manifest, args.out, fractions=args.fractions, seed=args.seed,
+                              replace=args.replace_split))
     return 0
 
 

@@ -104,3 +104,18 @@ def test_small_source_still_in_every_part():
                        "source": ["big"] * 10 + ["small"] * 3})
     parts = split_patients(Manifest.from_table(df, "."), seed=0)
     assert set(parts[10:]) == {"train", "val", "test"}
+
+
+def test_a_differing_existing_split_is_not_replaced_silently(cxr_manifest_path, tmp_path, capsys):
+    from cxrfm.cli import main
+
+    assert main(["split", str(cxr_manifest_path), "--out", str(tmp_path), "--seed", "0"]) == 0
+    first = pd.read_csv(tmp_path / "manifest.csv")["split"].tolist()
+    assert main(["split", str(tmp_path / "manifest.csv"), "--out", str(tmp_path), "--seed", "0"]) == 0  # same: fine
+    assert main(["split", str(tmp_path / "manifest.csv"), "--out", str(tmp_path), "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "already has a `split` column" in err and "--replace-split" in err
+    assert pd.read_csv(tmp_path / "manifest.csv")["split"].tolist() == first
+    assert main(["split", str(tmp_path / "manifest.csv"), "--out", str(tmp_path), "--seed", "1",
+                 "--replace-split"]) == 0
+    assert pd.read_csv(tmp_path / "manifest.csv")["split"].tolist() != first

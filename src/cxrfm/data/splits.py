@@ -166,18 +166,27 @@ def describe_split(table: pd.DataFrame, column: str = "split") -> str:
 
 
 def split_manifest_file(path: str | Path, out: str | Path, fractions: str | Sequence[float] = "0.7,0.1,0.2",
-                        seed: int = 0) -> str:
+                        seed: int = 0, replace: bool = False) -> str:
     """Write the manifest at ``path`` with a ``split`` column to ``out`` (a folder -> ``out/manifest.csv``,
     or a .csv/.parquet path) and return a per-part summary.
 
     An existing ``split`` column is checked first: one that puts a patient in two parts is an error
-    (it would mean earlier results leaked), otherwise it is replaced.
+    (it would mean earlier results leaked). One that differs from the new assignment is an error
+    unless ``replace``: results made with the old split would silently stop matching the data.
     """
     path = Path(path)
     manifest = Manifest.load(path)
+    parts = split_patients(manifest, fractions, seed=seed)
     if "split" in manifest.table.columns:
         check_patient_disjoint(manifest.table, "split")
-    manifest.table["split"] = split_patients(manifest, fractions, seed=seed)
+        old = manifest.table["split"].astype(str).str.strip().str.lower().to_numpy()
+        moved = int((old != np.asarray(parts)).sum())
+        if moved and not replace:
+            raise SplitError(
+                f"{path}: already has a `split` column and seed {seed} with fractions {fractions} would move "
+                f"{moved} of {len(parts)} rows to another part; keep the existing split (results made with "
+                f"it stay valid), or pass --replace-split to replace it")
+    manifest.table["split"] = parts
     check_patient_disjoint(manifest.table)
     out = Path(out)
     target = out if out.suffix.lower() in {".csv", ".parquet", ".pq"} else out / "manifest.csv"
