@@ -97,6 +97,10 @@ def test_resume_after_stop_equals_uninterrupted(none_run, manifest64, cache_dir,
     state = json.loads((out / "state" / "trainer.json").read_text())
     assert state["trainer"]["step"] == 6 and state["trainer"]["batch_in_epoch"] == 2
     assert not (out / "curation.json").exists() and not run_is_finished(out)
+    # a run started before a TrainConfig field existed (here checkpoint_every_s) resumes with its default
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["run"]["train"]["checkpoint_every_s"]
+    (out / "config.json").write_text(json.dumps(cfg))
     pretrain(manifest64, out, curate="none", epochs=3, overrides=SMALL, progress=False, cache_dir=cache_dir,
              resume=True)
     assert_same_weights(out, none_run)

@@ -11,6 +11,7 @@ leaves the previous checkpoint intact; files of older steps are deleted after th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -138,6 +139,11 @@ def check_run_dir(run: RunDir, identity: dict, resume: bool) -> bool:
         old = json.loads(cfg_path.read_text(encoding="utf-8")).get("run", {})
     except json.JSONDecodeError:
         old = {}
+    if isinstance(old.get("train"), dict):
+        # a TrainConfig field added after the run started (e.g. checkpoint_every_s) took its default then
+        defaults = normalise(dataclasses.asdict(TrainConfig()))
+        old = {**old, "train": {**{k: v for k, v in defaults.items() if k in identity.get("train", {})},
+                                **old["train"]}}
     if not resume:
         differs = _differences(old, identity)
         what = f" (another run: {'; '.join(differs)})" if differs else ""
