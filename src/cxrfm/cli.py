@@ -474,3 +474,27 @@ _EXTRA_COMMANDS.append(_add_pretrain)
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------- score-reports
+def _add_score_reports(sub):
+    p = sub.add_parser(
+        "score-reports", help="count clinically significant errors of candidate reports against references",
+        description="Join CANDIDATES and REFERENCES (CSV/Parquet, columns `id` and `report`) on `id` and count, per "
+                    "pair, the clinically significant errors of the candidate (GREEN-style, offline, no LLM): "
+                    "false_finding, missed_finding, wrong_location, wrong_severity, false_comparison, device_error; "
+                    "plus matched and score = matched / (matched + errors). Validation: docs/reports.md.")
+    p.add_argument("candidates", type=Path, help="generated reports: a table with `id` and `report` columns")
+    p.add_argument("references", type=Path, help="reference reports: a table with `id` and `report` columns")
+    p.add_argument("--out", required=True, type=Path, help="output CSV (or .parquet): one row per id")
+    p.set_defaults(func=_run_score_reports)
+
+
+def _run_score_reports(args) -> int:
+    from .data.report_errors import score_report_files
+
+    print(score_report_files(args.candidates, args.references, args.out))
+    return 0
+
+
+_EXTRA_COMMANDS.append(_add_score_reports)

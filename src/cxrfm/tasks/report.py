@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..data.findings import CHEXPERT_14, CHEXPERT_5, FINDINGS
+from ..data.report_errors import score_reports, summarize_scores
 from ..data.reports import report_body
 
 if TYPE_CHECKING:
@@ -242,9 +243,10 @@ def _score_method(generated: list[str], ref_labels: np.ndarray, ref_known: np.nd
     pairs = [(h, r) for h, r in zip(scored, ref_texts) if r]
     if pairs:
         hyps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
-        out.update({"bleu4": bleu4(hyps, refs), "rouge_l": rouge_l(hyps, refs), "n_text_pairs": len(pairs)})
+        out.update({"bleu4": bleu4(hyps, refs), "rouge_l": rouge_l(hyps, refs), "n_text_pairs": len(pairs),
+                    "clinical_errors": summarize_scores(score_reports(hyps, refs))})
     else:
-        out.update({"bleu4": None, "rouge_l": None, "n_text_pairs": 0,
+        out.update({"bleu4": None, "rouge_l": None, "n_text_pairs": 0, "clinical_errors": None,
                     "text_metrics_skipped": "no evaluation row has reference report text (BLEU/ROUGE compare texts; "
                                             "label F1 used the rows' source labels)"})
     return out
@@ -360,7 +362,7 @@ def _shorten(text: str | None, n: int = 700) -> str | None:
 
 def run(context: "EvalContext") -> dict:
     """The ``report`` task of the evaluation suite (see :mod:`cxrfm.tasks.suite`)."""
-    from .probe import resolve_split
+    from .split import resolve_split
     from .suite import TaskSkipped
 
     split = resolve_split(context)
@@ -401,7 +403,7 @@ def run(context: "EvalContext") -> dict:
     out["headline_rule"] = (f"{HEADLINE_METHOD} is the headline, fixed before scoring (choosing the better method on "
                             f"the evaluation rows would be optimistic)" if head == HEADLINE_METHOD else
                             f"{head}: the only generator that ran")
-    for key in ("label_f1", "bleu4", "rouge_l"):
+    for key in ("label_f1", "bleu4", "rouge_l", "clinical_errors"):
         out[key] = out[head][key]
     if "text_metrics_skipped" in out[head]:
         out["text_metrics_skipped"] = out[head]["text_metrics_skipped"]
