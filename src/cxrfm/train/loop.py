@@ -16,8 +16,8 @@ Per epoch the loop drives the curator (:mod:`cxrfm.train.curation`)::
 When the curator selects inside batches, the batch is first embedded without gradients (a scoring
 pass, counted as such), then only the kept pairs go through the training forward and backward: the
 online batch selection of Loshchilov & Hutter (2015) and Mindermann et al. (RHO-LOSS, 2022). A loss
-masked after one full forward would still pay the backward for every sample. Curators that never
-declare ``selects`` cost no scoring pass.
+masked after one full forward would still pay the backward for every sample. An epoch for which the
+curator's ``selects(epoch)`` is False costs no scoring pass.
 
 Everything random is a function of the seed: initial weights (same seed, same model, whatever the
 curator, so curation arms are paired), the epoch order (seed, epoch) and the augmentation of each
