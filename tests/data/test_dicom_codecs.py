@@ -23,8 +23,6 @@ from cxrfm.data.dicom_codecs import find_sequential_sos_selection
 from cxrfm.data.images import read_image, read_image_bytes
 from cxrfm.errors import ImageReadError
 
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # badVR.dcm, on purpose
-
 # Files that are broken on purpose (pydicom's README says so); each must give a clear error.
 BROKEN = {
     "MR_truncated.dcm": "pixel data cannot be decoded",  # pixel data shorter than Rows x Columns

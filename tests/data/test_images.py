@@ -316,6 +316,28 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         check_image(tmp_path / "bomb.png")
 
 
+def test_dicom_malformed_header_values(tmp_path):
+    a = gradient()
+    # An invalid window (width 0) is skipped as viewers do: the full range, as with apply_voi=False.
+    p = write_dicom(tmp_path / "w0.dcm", a, WindowCenter=2000, WindowWidth=0)
+    assert torch.equal(read_image(p), read_dicom(p, apply_voi=False))
+    with pytest.raises(ImageReadError, match=r"mlut.dcm: the DICOM Modality LUT .* malformed"):
+        read_image(write_dicom(tmp_path / "mlut.dcm", a, ModalityLUTSequence=[Dataset()]))
+    with pytest.raises(ImageReadError, match=r"huge.dcm: Rescale Slope 1e\+?308 .* non-finite"):
+        read_image(write_dicom(tmp_path / "huge.dcm", a, RescaleSlope="1e308", RescaleIntercept="0"))
+    with pytest.raises(ImageReadError, match=r"rows.dcm: pixel array has shape \(2, 20, 60\), not the 20x60"):
+        read_image(write_dicom(tmp_path / "rows.dcm", a, Rows=20))
+    # NumberOfFrames with a letter in it (pydicom's own badVR.dcm has '1A'): patched into the bytes, as
+    # pydicom refuses to write it.
+    bad = write_dicom(tmp_path / "frames.dcm", a, NumberOfFrames=1)
+    element = b"\x28\x00\x08\x00IS\x02\x001 "
+    assert bad.read_bytes().count(element) == 1
+    bad.write_bytes(bad.read_bytes().replace(element, element[:-1] + b"A"))
+    for fn in (read_image, check_image):
+        with pytest.raises(ImageReadError, match=r"frames.dcm: DICOM NumberOfFrames is '1A', not a whole number"):
+            fn(bad)
+
+
 def test_dicom_over_pixel_limit(tmp_path, monkeypatch):
     p = write_dicom(tmp_path / "big.dcm", gradient())
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)

@@ -13,7 +13,8 @@ other than 0..63 (a known encoder bug, e.g. NEMA WG04's ``NM1_JPLY``) is decoded
 is what the IJG reference decoder does for sequential JPEG (it warns "Invalid SOS parameters for
 sequential JPEG" and ignores them); libjpeg refuses such a stream outright.
 
-When decoding fails the error says why: no decoder installed for this transfer syntax (and the
+When decoding fails the error says why (the header checks that name a cut-off file or a malformed
+value live here too): no decoder installed for this transfer syntax (and the
 ``pip install`` that adds one), a transfer syntax no PyPI plug-in decodes, or data that the
 installed decoders reject as corrupt.
 """
@@ -107,6 +108,35 @@ def _check_end_marker(ds, name: str) -> None:
         raise ImageReadError(f"{name}: DICOM pixel data cannot be decoded: the {tsyntax.name} frame does not end "
                              f"with an end-of-image marker ({len(frame):,} bytes), so it was cut short; the file "
                              f"is truncated or corrupt: export it again")
+
+
+def describe_missing_pixels(ds, name: str) -> str | None:
+    """The error for a data set without pixel data that was meant to be an image (a cut-off file), else None.
+
+    pydicom drops an element cut off by the end of the file (or the whole data set, when the cut falls
+    inside an undefined-length sequence), so a truncated image looks like a pixel-less object.
+    """
+    meta_class = getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    if "Rows" in ds:
+        return (f"{name}: a DICOM file with no pixel data, although its header describes a "
+                f"{ds.get('Columns')}x{ds.get('Rows')} image: the file is probably truncated; copy or export it again")
+    if meta_class is not None and "Image Storage" in meta_class.name:
+        return (f"{name}: a DICOM file with no pixel data, although its file meta names an {meta_class.name}: "
+                f"the data set ends early, the file is truncated; copy or export it again")
+    return None
+
+
+def read_int_element(ds, keyword: str, default: int, name: str) -> int:
+    """An integer header element; a malformed value (e.g. NumberOfFrames '1A') is an error, not a crash."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the invalid value it then hands over as text
+            value = ds.get(keyword)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError) as e:
+        raw = ds[keyword].value if keyword in ds else None
+        raise ImageReadError(f"{name}: DICOM {keyword} is {raw!r}, not a whole number ({e}); the header is "
+                             f"malformed: re-export the file") from None
 
 
 def _pixel_array(ds) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageReadError
-from .dicom_codecs import decode_pixel_array
+from .dicom_codecs import decode_pixel_array, describe_missing_pixels, read_int_element
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -326,24 +326,15 @@ def _has_pixels(ds) -> bool:
 
 def _check_dicom_header(ds, name: str) -> tuple[int, int]:
     if not _has_pixels(ds):
-        # pydicom drops an element cut off by the end of the file (or the whole data set, when the cut falls
-        # inside an undefined-length sequence), so a truncated image looks pixel-less: say which it is.
-        meta_class = getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
-        if "Rows" in ds:
-            raise ImageReadError(f"{name}: a DICOM file with no pixel data, although its header describes a "
-                                 f"{ds.get('Columns')}x{ds.get('Rows')} image: the file is probably truncated; "
-                                 f"copy or export it again")
-        if meta_class is not None and "Image Storage" in meta_class.name:
-            raise ImageReadError(f"{name}: a DICOM file with no pixel data, although its file meta names an "
-                                 f"{meta_class.name}: the data set ends early, the file is truncated; copy or "
-                                 f"export it again")
+        if (truncated := describe_missing_pixels(ds, name)) is not None:
+            raise ImageReadError(truncated)
         what = ds.get("Modality") or ds.get("SOPClassUID", "unknown")
         raise ImageReadError(f"{name}: a DICOM file with no pixel data (Modality/SOP class {what}); it is not "
                              f"an image (a report, plan or structured document?). Give the image file instead")
-    rows, cols = _int_element(ds, "Rows", 0, name), _int_element(ds, "Columns", 0, name)
+    rows, cols = read_int_element(ds, "Rows", 0, name), read_int_element(ds, "Columns", 0, name)
     if rows < 1 or cols < 1:
         raise ImageReadError(f"{name}: DICOM Rows/Columns are missing or zero ({rows}x{cols}); re-export the file")
-    frames = _int_element(ds, "NumberOfFrames", 1, name)
+    frames = read_int_element(ds, "NumberOfFrames", 1, name)
     if frames > 1:
         raise ImageReadError(f"{name}: a 3-D volume / multi-frame DICOM ({frames} frames of {cols}x{rows}); "
                              f"cxrfm reads 2-D radiographs: export the frame you want as its own file")
@@ -353,26 +344,17 @@ def _check_dicom_header(ds, name: str) -> tuple[int, int]:
     return rows, cols
 
 
-def _int_element(ds, keyword: str, default: int, name: str) -> int:
-    """An integer header element; a malformed value (e.g. NumberOfFrames '1A') is an error, not a crash."""
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else default
-    except (TypeError, ValueError) as e:
-        raw = ds[keyword].value if keyword in ds else None
-        raise ImageReadError(f"{name}: DICOM {keyword} is {raw!r}, not a whole number ({e}); the header is "
-                             f"malformed: re-export the file") from None
-
-
 def _decode_dicom(ds, name: str, apply_voi: bool = True) -> np.ndarray:
     """DICOM data set -> float32 (H, W) in [0, 1]: Modality LUT, VOI LUT, MONOCHROME1, padding, min-max."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     _check_dicom_header(ds, name)
     _set_missing_transfer_syntax(ds)
     raw = decode_pixel_array(ds, name)  # decoder plug-ins; the error names the package that would help
-    if raw.ndim != 2 and not (raw.ndim == 3 and raw.shape[-1] in (3, 4) and int(ds.get("SamplesPerPixel", 1)) > 1):
-        raise ImageReadError(f"{name}: pixel array has shape {raw.shape}, a 3-D volume; cxrfm reads 2-D "
+    samples = read_int_element(ds, "SamplesPerPixel", 1, name)
+    if raw.ndim != 2 and not (raw.ndim == 3 and raw.shape[-1] in (3, 4) and samples > 1):
+        raise ImageReadError(f"{name}: pixel array has shape {raw.shape}, not the {ds.Rows}x{ds.Columns} single "
+                             f"image its header describes (a 3-D volume, or wrong Rows/Columns); cxrfm reads 2-D "
                              f"radiographs: export one frame as its own file")
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -389,10 +371,31 @@ def _decode_dicom(ds, name: str, apply_voi: bool = True) -> np.ndarray:
         if "PixelPaddingRangeLimit" in ds:
             lo, hi = sorted((int(padding), int(ds.PixelPaddingRangeLimit)))
             valid = (raw < lo) | (raw > hi)
-    arr = apply_modality_lut(raw, ds)  # stays integer unless rescaled: a VOI LUT indexes by value
+    try:
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore")  # overflow is checked below, as non-finite values
+            arr = apply_modality_lut(raw, ds)  # stays integer unless rescaled: a VOI LUT indexes by value
+    except Exception as e:  # noqa: BLE001 - pydicom raises several types on a malformed LUT
+        raise ImageReadError(f"{name}: the DICOM Modality LUT / Rescale Slope and Intercept are malformed "
+                             f"({type(e).__name__}: {e}); re-export the file") from e
+    if not np.isfinite(arr).all():
+        raise ImageReadError(f"{name}: Rescale Slope {ds.get('RescaleSlope')} / Intercept "
+                             f"{ds.get('RescaleIntercept')} give non-finite values; re-export the file")
     if apply_voi:
-        arr = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+        arr = _apply_voi_or_skip(arr, ds)
     arr = arr.astype(np.float64)
     if photometric == "MONOCHROME1":
         arr = -arr  # high stored values are dark: flip so bone is bright
     return _minmax(arr, valid)
+
+
+def _apply_voi_or_skip(arr: np.ndarray, ds) -> np.ndarray:
+    """VOI LUT or window; an invalid one (width < 1, NaN, a malformed LUT) is skipped, as viewers do:
+    the full modality range is shown instead (what ``read_dicom(apply_voi=False)`` gives)."""
+    from pydicom.pixels import apply_voi_lut
+
+    try:
+        out = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+    except Exception:  # noqa: BLE001 - pydicom raises several types on a malformed VOI
+        return arr
+    return out if np.isfinite(out).all() else arr
