@@ -208,10 +208,11 @@ class Pretraining:
         return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(q, 1.0)))
 
     def _diverged(self, what: str, lr: float, step: int) -> TrainingDivergedError:
+        suggest = min(self.train_cfg.lr / 10, TrainConfig.lr)  # a tenth, and no more than the default
         return TrainingDivergedError(
-            f"{self.out}: {what} at step {step} (epoch {self.epoch + 1}, lr {lr:.3g}); training stopped "
-            f"without saving them. Lower the learning rate (e.g. --set train.lr={self.train_cfg.lr / 10:g}) "
-            f"and start a new run in another --out")
+            f"{self.out}: {what} at step {step} (epoch {self.epoch + 1}, lr {lr:.3g}); training stopped without "
+            f"saving these weights. Lower the learning rate (e.g. --set train.lr={suggest:g}) and start a new run "
+            f"in another --out")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, gidx: np.ndarray, n_batches: int) -> dict:
