@@ -7,6 +7,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from cxrfm.data.schema import Manifest
+from cxrfm.models import list_image_towers
 from cxrfm.tasks import segmentation as seg
 from cxrfm.tasks.suite import EvalContext, TaskSkipped
 from tests.helpers import StandInModel, make_tiny_run
@@ -145,3 +146,24 @@ def test_segmentation_with_a_real_tiny_run(tmp_path_factory, cxr_manifest_path, 
     assert [m.shape[-1] for m in maps] == [8, 4, 2, 1]  # ConvNeXt stages at strides 4..32
     r = seg.run(_ctx(model, masked, cache_dir, tmp_path), seg.DecoderSettings(epochs=4))
     assert r["image_size"] == 32 and 0 < r["dice"]["mean"] <= 1 and r["baseline"]["dice"]["mean"] <= 1
+
+
+@pytest.mark.parametrize("kind", list_image_towers())
+def test_feature_maps_come_from_the_tower_contract(kind):
+    """encoder_feature_maps is the tower's forward_features (after resizing), for every registered tower,
+    and the random baseline encoder has the same architecture."""
+    from cxrfm.config import ModelConfig
+    from cxrfm.models import build_model
+    from cxrfm.models.image import resize_to
+    from cxrfm.models.tower import image_tower_entry
+
+    model = build_model(ModelConfig(image_tower=kind, image_arch=image_tower_entry(kind).tiny_arch, image_size=32,
+                                    embed_dim=8)).eval()
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        maps = seg.encoder_feature_maps(model, x)
+        want = model.image.forward_features(resize_to(x, 32))
+        base = seg.encoder_feature_maps(seg.random_encoder(model, seed=7), x)
+    assert len(maps) == len(want) and all(torch.equal(m, w) for m, w in zip(maps, want))
+    assert [b.shape for b in base] == [m.shape for m in maps]
+    assert not torch.equal(base[-1], maps[-1])  # other weights

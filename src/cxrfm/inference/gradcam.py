@@ -6,26 +6,23 @@ the zero-shot logit margin of one finding, ``scale * <z, t_pos - t_neg>`` with `
 image embedding and ``t_pos``/``t_neg`` the finding's prompt embeddings (CheXzero's positive vs
 negative prompts), so the map shows what pushes the image towards the positive sentence.
 
-Safe under concurrent requests: a hook only records tensors from the thread that registered it.
-The feature map is found without knowing the tower's layout: the last 4-D ``(B, C, h, w)`` tensor
-produced inside the image tower during the forward pass (a ConvNeXt stage output). A heat map is a
-saliency aid, not a segmentation; on a tiny model it is coarse (the last map is ``S / 32`` wide).
+The feature map comes from the tower contract, not from hooks: the model's ``image_feature_maps``
+(the tower's ``forward_features``) and ``encode_feature_maps`` (its ``forward_head``, projected). The
+map used is the deepest one the score depends on: a CNN's last stage; for a [CLS]-pooled ViT, whose
+head sees the patches only through the last block, the grid entering that block. Nothing is registered
+on shared modules, so concurrent requests cannot see each other's tensors. A heat map is a saliency
+aid, not a segmentation; on a tiny model it is coarse (the last ConvNeXt map is ``S / 32`` wide).
 """
 from __future__ import annotations
 
 import base64
 import io
-import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-
-
-def _image_module(model) -> torch.nn.Module:
-    return getattr(model, "image", None) or getattr(model, "vision", None) or model
 
 
 def grad_cam(model, image: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
@@ -36,33 +33,24 @@ def grad_cam(model, image: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
     """
     if image.ndim != 4 or image.shape[:2] != (1, 1):
         raise ValueError(f"grad_cam expects one (1, 1, S, S) image, got {tuple(image.shape)}")
-    maps: list[torch.Tensor] = []
-    owner = threading.get_ident()  # hooks are global to the module: ignore other threads' forwards
-
-    def keep_4d(_module, _inputs, output):
-        if (threading.get_ident() == owner and isinstance(output, torch.Tensor) and output.ndim == 4
-                and output.requires_grad):
-            maps.append(output)
-
-    handles = [m.register_forward_hook(keep_4d) for m in _image_module(model).modules()]
-    try:
-        with torch.enable_grad():
-            x = image.detach().clone().requires_grad_(True)  # the input needs grad so the graph exists
-            emb = model.encode_image(x, normalize=True)  # (1, D)
-            if not maps:
-                raise ConfigError("Grad-CAM found no 4-D feature map in the image tower; heat maps need a "
-                                  "convolutional image tower (ConvNeXt/ResNet)")
-            feat = maps[-1]  # (1, C, h, w) the last feature map
-            score = (emb[0] * direction.to(emb.dtype)).sum()
-            (grad,) = torch.autograd.grad(score, feat)
-    finally:
-        for h in handles:
-            h.remove()
+    if not (hasattr(model, "image_feature_maps") and hasattr(model, "encode_feature_maps")):
+        raise ConfigError(f"Grad-CAM needs a model with image_feature_maps and encode_feature_maps (a "
+                          f"DualEncoder); {type(model).__name__} has neither")
+    with torch.enable_grad():
+        # The input needs grad so that the graph exists even when the weights are frozen.
+        x = image.detach().clone().requires_grad_(True)
+        feats = model.image_feature_maps(x)  # [(1, C_i, h_i, w_i), ...] shallow -> deep
+        emb = model.encode_feature_maps(feats, normalize=True)  # (1, D)
+        score = (emb[0] * direction.to(emb.dtype)).sum()
+        grads = feats.gradients(score)
+    # The deepest map the score depends on; when it depends on none (a zero direction) the map is flat.
+    k = next((i for i in reversed(range(len(grads))) if bool(grads[i].any())), len(grads) - 1)
+    feat, grad = feats[k].detach(), grads[k]  # (1, C, h, w) each
     weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
-    cam = F.relu((weights * feat.detach()).sum(dim=1, keepdim=True))  # (1, 1, h, w)
+    cam = F.relu((weights * feat).sum(dim=1, keepdim=True))  # (1, 1, h, w)
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]  # (S, S)
     hi = float(cam.max())
-    return (cam / hi).numpy().astype(np.float32) if hi > 0 else np.zeros(image.shape[-2:], np.float32)
+    return (cam / hi).cpu().numpy().astype(np.float32) if hi > 0 else np.zeros(image.shape[-2:], np.float32)
 
 
 def finding_heatmap(model, image: torch.Tensor, classifier: torch.Tensor, finding_index: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import CxrfmError
 from ..metrics import bootstrap_mean_ci
 from .embed import ImageBatches
-from .probe import TaskSplit, context_images, resolve_split, train_images
+from .split import TaskSplit, context_images, resolve_split, train_images
 
 if TYPE_CHECKING:
     from .suite import EvalContext
@@ -91,35 +91,21 @@ def hd95(pred: np.ndarray, target: np.ndarray, percentile: float = 95.0) -> floa
 
 # ---------------------------------------------------------------- features and decoder
 def encoder_feature_maps(model, pixels: torch.Tensor) -> list[torch.Tensor]:
-    """The frozen image encoder's multi-scale feature maps [(B, C_i, h_i, w_i), ...], finest first.
+    """The frozen image encoder's feature maps [(B, C_i, h_i, w_i), ...], shallow -> deep.
 
-    Uses ``model.forward_features`` when the model has one; otherwise the transformers backbone of a
-    :class:`~cxrfm.models.dual.DualEncoder` (``model.image.backbone``) with ``output_hidden_states``:
-    the stage outputs of ConvNeXt / ResNet, or the last layer's patch tokens of a ViT as a grid.
+    The image tower's ``forward_features`` (the tower contract, :mod:`cxrfm.models.tower`): the stage
+    outputs of ConvNeXt / ResNet, the patch-token grids of a ViT. A model that answers
+    ``forward_features`` itself (a stand-in, a bare tower) is asked directly.
     """
     from ..models.image import resize_to
 
     x = resize_to(pixels, int(model.image_size))
-    if hasattr(model, "forward_features"):
-        maps = model.forward_features(x)
-        return [maps] if isinstance(maps, torch.Tensor) else list(maps)
-    tower = getattr(model, "image", None)
-    if tower is None or not hasattr(tower, "backbone"):
-        raise CxrfmError(f"{type(model).__name__} exposes no spatial features (no forward_features and no "
-                         f"image.backbone); segmentation needs the encoder's feature maps")
-    x = (x - tower.mean) / tower.std
-    if tower.in_channels != 1:
-        x = x.expand(-1, tower.in_channels, -1, -1)
-    kwargs = {"interpolate_pos_encoding": True} if getattr(tower, "_interpolate", False) else {}
-    out = tower.backbone(pixel_values=x, output_hidden_states=True, **kwargs)
-    hidden = [h for h in (out.hidden_states or ()) if h is not None]
-    maps = [h for h in hidden[1:] if h.dim() == 4]  # stage outputs (the stem output repeats stage 1's size)
-    if maps:
-        return maps[-4:]
-    tokens = out.last_hidden_state  # (B, 1 + N, D) for ViT-like towers
-    g = int(math.isqrt(tokens.shape[1]))
-    grid = tokens[:, tokens.shape[1] - g * g:]  # drop [CLS] / register tokens
-    return [grid.transpose(1, 2).reshape(tokens.shape[0], -1, g, g)]  # (B, D, g, g)
+    tower = model if hasattr(model, "forward_features") else getattr(model, "image", None)
+    if not hasattr(tower, "forward_features"):
+        raise CxrfmError(f"{type(model).__name__} exposes no spatial features (no forward_features on the model "
+                         f"or its image tower); segmentation needs the encoder's feature maps")
+    maps = tower.forward_features(x)
+    return [maps] if isinstance(maps, torch.Tensor) else list(maps)
 
 
 @torch.inference_mode()
@@ -230,13 +216,13 @@ def segment_with_encoder(model, train_imgs: ImageBatches, train_rows: np.ndarray
 
 def random_encoder(model, seed: int):
     """The same architecture as ``model``'s image encoder with random weights (the baseline)."""
-    from .probe import build_scratch_tower
+    from ..models import build_scratch_image_tower
 
     if hasattr(model, "randomized"):  # stand-in models provide their own
         return model.randomized(seed)
     from types import SimpleNamespace
 
-    tower, _ = build_scratch_tower(getattr(model, "config", None), int(model.image_size), seed)
+    tower, _ = build_scratch_image_tower(getattr(model, "config", None), seed, image_size=int(model.image_size))
     return SimpleNamespace(image_size=int(model.image_size), image=tower.eval())
 
 
@@ -331,3 +317,13 @@ def run(context: "EvalContext", settings: DecoderSettings = DecoderSettings()) -
         "n_boot": context.n_boot,
         "overlays": overlays,
     }
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="segmentation", run=run, title="Lung segmentation", needs=("masks",),
+    result_keys=("dice", "hd95", "baseline", "overlays", "n_eval"),
+    console="cxrfm.reporting.sections.segmentation:console", html="cxrfm.reporting.sections.segmentation:html",
+    default=False, order=40, summary="Dice/HD95 of a decoder on the frozen encoder"))
