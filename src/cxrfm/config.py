@@ -198,7 +198,9 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> tupl
     s = str(name_or_path)
     path = Path(s).expanduser()
     if path.is_dir():
-        path = path / "config.json"
+        from .run import RunDir
+
+        path = RunDir(path).config
     if not path.is_file():
         if s in list_presets():
             path = CONFIG_DIR / f"{s}.json"
