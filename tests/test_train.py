@@ -427,3 +427,20 @@ def test_cli_exits_2_when_training_diverges(manifest64, cache_dir, tmp_path, cap
                "--set", "image_size=32", "--set", "batch_size=16", "--set", "train.lr=1e9"])
     assert rc == 2
     assert "lower the learning rate" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"image_size": "abc"}, r"model\.image_size = 'abc': expected int"),
+    ({"train.lr": "nan"}, r"train\.lr = 'nan': expected float"),
+    ({"train.lr": float("nan")}, r"train\.lr = nan: must be a finite number"),
+    ({"image_std": float("inf")}, r"model\.image_std = inf: must be a finite number"),
+    ({"augment": 1}, r"train\.augment = 1: expected bool"),
+    ({"grad_clip": -1.0}, r"grad_clip -1\.0: must be a finite number >= 0"),
+    ({"checkpoint_every_s": 0}, "checkpoint_every_s > 0"),
+])
+def test_config_refuses_wrong_types_and_non_finite_numbers(override, match):
+    from cxrfm.config import load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny-cpu", override)
+    assert load_config("tiny-cpu", {"lr": 1, "checkpoint_every_s": 30})[1].lr == 1  # an int is a float here
