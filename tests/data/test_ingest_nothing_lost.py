@@ -119,3 +119,19 @@ def test_empty_cell_spellings_are_unlabelled_not_unmapped(export, tmp_path, caps
     df.to_csv(export, index=False)
     assert ingest(export, "manifest", tmp_path / "out", "--strict") == 0
     assert "cannot map" not in capsys.readouterr().out
+
+
+def test_semicolon_separated_export_says_so(export, tmp_path, capsys):
+    export.write_text(export.read_text(encoding="utf-8").replace(",", ";"), encoding="utf-8")
+    assert ingest(export, "manifest", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "missing required column(s) image" in err and "looks semicolon-separated" in err
+
+
+def test_output_reached_through_a_symlink_is_still_the_input(export, tmp_path, capsys):
+    out = tmp_path / "linked"
+    out.mkdir()
+    (out / "manifest.csv").symlink_to(export)
+    before = digest(export)
+    assert ingest(export, "manifest", out) == 2
+    assert "is an input of this ingest" in capsys.readouterr().err and digest(export) == before

@@ -72,6 +72,17 @@ def _is_blank(v: object) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
+def delimiter_hint(columns) -> str:
+    """`` (the header looks ;-separated ...)`` when a one-column header is really another delimiter's."""
+    cols = [str(c) for c in columns]
+    if len(cols) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in cols[0]:
+                return (f" (the header {cols[0][:60]!r} looks {name}-separated: save the table as "
+                        f"comma-separated CSV, e.g. Excel's 'CSV UTF-8 (Comma delimited)')")
+    return ""
+
+
 def finding_columns(df: pd.DataFrame) -> list[str]:
     """The canonical per-finding columns present in ``df``."""
     return [f for f in FINDINGS if f in df.columns]
@@ -87,7 +98,7 @@ def validate_table(df: pd.DataFrame, where: str = "manifest", strict: bool = Fal
     if missing:
         raise ManifestError(
             f"{where}: missing required column(s) {', '.join(missing)}; a manifest needs "
-            f"{', '.join(REQUIRED_COLUMNS)} (paths relative to the manifest's folder)")
+            f"{', '.join(REQUIRED_COLUMNS)} (paths relative to the manifest's folder){delimiter_hint(df.columns)}")
     df = df.copy().reset_index(drop=True)
     for c in STRING_COLUMNS:
         if c in df.columns:

@@ -305,12 +305,13 @@ def _drop_exact_duplicates(table: pd.DataFrame, skipped: list[pd.DataFrame]) -> 
 
 
 def _check_columns(table: pd.DataFrame, where: str) -> None:
-    from ..schema import REQUIRED_COLUMNS
+    from ..schema import REQUIRED_COLUMNS, delimiter_hint
 
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
+        hint = delimiter_hint([c for c in table.columns if c not in (ORIGIN, SKIP)])
         raise ManifestError(f"{where}: missing required column(s) {', '.join(missing)}; a manifest needs "
-                            f"{', '.join(REQUIRED_COLUMNS)} (image paths relative to the table's folder)")
+                            f"{', '.join(REQUIRED_COLUMNS)} (image paths relative to the table's folder){hint}")
 
 
 def _check_rows(table: pd.DataFrame, strict: bool) -> None:
