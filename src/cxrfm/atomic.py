@@ -68,7 +68,7 @@ def remove_abandoned_temps(path: str | Path, suffix: str = "") -> list[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            continue  # a live writer holds it
+            continue  # a live writer holds it (or the file system has no locks: then never guess)
         finally:
             os.close(fd)
         try:
@@ -113,7 +113,10 @@ def _create_temp(path: Path, suffix: str) -> tuple[int, str]:
             continue
         if fcntl is None:
             return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (NFS mounted nolock): write unlocked; cleaners skip it
+            return fd, tmp
         try:
             if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
                 return fd, tmp
