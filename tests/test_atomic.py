@@ -103,6 +103,17 @@ def test_sigterm_handler_is_restored_and_others_are_left_alone():
         signal.signal(signal.SIGTERM, old)
 
 
+def test_files_that_only_look_like_temps_are_never_removed(tmp_path):
+    keep = [tmp_path / ".m.csv.backup_1", tmp_path / ".m.csv.0123456789ab.bak", tmp_path / ".m.csv.0123456789"]
+    for p in keep:
+        p.write_text("user data")
+    abandoned = tmp_path / ".m.csv.0123456789ab"
+    abandoned.write_text("half")
+    with atomic_path(tmp_path / "m.csv") as tmp, open(tmp, "w") as f:
+        f.write("a,b\n")
+    assert all(p.exists() for p in keep) and not abandoned.exists()
+
+
 def test_file_system_without_locks_still_writes_and_never_deletes_temps(tmp_path, monkeypatch):
     def no_locks(fd, op):
         raise OSError(37, "No locks available")  # ENOLCK, as on an NFS mount with nolock

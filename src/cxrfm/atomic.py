@@ -54,7 +54,10 @@ def remove_abandoned_temps(path: str | Path, suffix: str = "") -> list[Path]:
     if fcntl is None:
         return []
     path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[0-9a-z_]{8,}" + re.escape(suffix) + r"\Z")
+    # Our names: 12 hex digits. Older cxrfm used mkstemp's 8 characters; those are only recognised with a
+    # suffix (".tmp"), so that a user's own ".manifest.csv.backup_1" can never look like one.
+    token = r"(?:[0-9a-f]{12}|[a-z0-9_]{8})" if suffix else r"[0-9a-f]{12}"
+    pattern = re.compile(re.escape(f".{path.name}.") + token + re.escape(suffix) + r"\Z")
     removed = []
     try:
         candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
