@@ -129,3 +129,10 @@ def test_control_characters_do_not_hide_sentence_ends():
     plain, nul = label_reports(["No effusion. Cardiomegaly.", "No effusion.\x00 Cardiomegaly.\x07"])
     np.testing.assert_array_equal(np.nan_to_num(nul, nan=9), np.nan_to_num(plain, nan=9))
     assert nul[IDX["Cardiomegaly"]] == 1
+
+
+def test_invalid_source_cell_is_an_error_not_overwritten(tmp_path):
+    pd.DataFrame({"report": ["Cardiomegaly."], "Cardiomegaly": ["yes"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ReportError, match=r"m\.csv: row 2: column 'Cardiomegaly' holds 'yes'"):
+        label_table_file(tmp_path / "m.csv", tmp_path / "o.csv")
+    assert not (tmp_path / "o.csv").exists()

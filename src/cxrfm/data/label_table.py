@@ -53,8 +53,13 @@ def source_labels(df: pd.DataFrame) -> np.ndarray:
     cols = [f for f in FINDINGS if f in df.columns]
     if cols:
         for c in cols:
-            vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float32)
-            out[:, FINDINGS.index(c)] = np.where(np.isin(vals, [1, 0, -1]), vals, np.nan)
+            vals = pd.to_numeric(df[c], errors="coerce")
+            bad = ~df[c].map(_blank) & ~vals.isin([1, 0, -1])
+            if bad.any():  # filling it would silently drop what the source wrote there
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ReportError(f"row {i + 2}: column {c!r} holds {df[c].iat[i]!r}; finding columns hold 1, 0, "
+                                  f"-1 or blank. Fix the value (or rename the column) and label again")
+            out[:, FINDINGS.index(c)] = vals.to_numpy(dtype=np.float32)
     elif "labels" in df.columns:
         sources = df["source"] if "source" in df.columns else pd.Series([""] * len(df))
         for i, (raw, src) in enumerate(zip(df["labels"], sources)):
@@ -95,11 +100,14 @@ def label_table_file(path_in: str | Path, path_out: str | Path, column: str = "r
         raise ReportError(
             f"{path_in}: no column {column!r} with report text; columns found: {', '.join(map(str, df.columns))}. "
             f"Name the report column with --column (column= in Python)")
+    try:
+        src = source_labels(df)
+    except ReportError as e:
+        raise ReportError(f"{path_in}: {e}") from None
     texts = [None if _blank(v) else str(v) for v in df[column]]
     t0 = time.perf_counter()
     labels, notes = label_reports_with_notes(texts, progress=progress, max_chars=max_chars)
     seconds = time.perf_counter() - t0
-    src = source_labels(df)
     merged, counts = merge_labels(src, labels)
 
     out = df.copy()
