@@ -139,3 +139,31 @@ def test_unseen_source_manifest_with_finding_columns(tmp_path, shared_data, mode
     assert "no row has report text" in res["tasks"]["retrieval"]["skipped"]
     on_disk = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert on_disk["tasks"]["zeroshot"]["findings"]["Cardiomegaly"]["auroc"] == pytest.approx(card["auroc"])
+
+
+def test_held_out_table_by_default_and_the_template_matched_one_beside_it(subset, model):
+    from cxrfm.tasks.zero_shot import TEMPLATE_PROMPTS_FILE, template_matched_line
+
+    images = FileImages(subset, model.image_size)
+    res = evaluate(model, subset, tasks="zeroshot", n_boot=50, progress=False, images=images)
+    zs = res["tasks"]["zeroshot"]
+    assert zs["prompt_set"].startswith("held-out") and zs["prompts"].startswith("builtin (zeroshot.json)")
+    tm = zs["template_matched"]
+    assert tm["label"].startswith("template-matched") and tm["prompts"] == TEMPLATE_PROMPTS_FILE.name
+    assert set(tm["findings"]) == set(zs["findings"]) and tm["n_findings"] == len(tm["findings"])
+    # each table is scored with its own prompt set
+    labels = subset.labels()
+    ctx = EvalContext(model=model, manifest=subset, images=images)
+    for table, prompts in ((zs, load_prompts()), (tm, load_prompts(TEMPLATE_PROMPTS_FILE))):
+        f = "Pneumonia"
+        y = labels[:, FINDINGS.index(f)]
+        known = ~np.isnan(y)
+        s = zero_shot_scores(ctx.image_embeddings(), build_zero_shot_classifier(model, [f], prompts))[:, 0]
+        assert table["findings"][f]["auroc"] == pytest.approx(roc_auc_score(y[known], s[known]))
+    assert zs["findings"]["Pneumonia"]["auroc"] != pytest.approx(tm["findings"]["Pneumonia"]["auroc"])
+    line = template_matched_line(zs)
+    assert "template-matched" in line and "not zero-shot" in line and f"over {tm['n_findings']} finding" in line
+    # user-given prompts are not called held-out
+    given = evaluate(model, subset, tasks="zeroshot", prompts=load_prompts(), n_boot=50, progress=False,
+                     images=images)["tasks"]["zeroshot"]
+    assert not given["prompt_set"].startswith("held-out")

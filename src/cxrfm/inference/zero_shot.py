@@ -20,13 +20,16 @@ from ..data.findings import FINDINGS
 from ..errors import ConfigError
 from .embed import DualEncoderLike, embed_texts
 
+# held-out radiology phrasings (the default), disjoint from what the pseudo-report generator writes
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "zeroshot.json"
+# the generator's own sentences: on label-only data they measure template matching, reported beside
+TEMPLATE_PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "zeroshot_template_matched.json"
 
 
 def load_prompts(path: str | Path | None = None) -> dict[str, dict[str, list[str]]]:
     """Prompt ensembles ``{finding: {"positive": [...], "negative": [...]}}`` from a JSON file.
 
-    ``None`` reads the bundled ``tasks/prompts/zeroshot.json``. Keys starting with ``_`` are
+    ``None`` reads the bundled held-out prompts (``inference/prompts/zeroshot.json``). Keys starting with ``_`` are
     comments. Finding names must be canonical (:data:`~cxrfm.data.findings.FINDINGS`).
     """
     path = Path(path) if path is not None else PROMPTS_FILE

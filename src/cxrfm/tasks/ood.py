@@ -181,7 +181,7 @@ def run(context) -> dict:
     split, as the probe does); the eval part's images are the in-distribution positives.
     """
     from ..data.images import read_image
-    from .probe import resolve_split
+    from .split import resolve_split
     from .suite import TaskSkipped
 
     split = resolve_split(context)

@@ -4,41 +4,36 @@ The linear-probe protocol of CLIP (Radford et al. 2021, section 3.2: logistic re
 features) as used for chest X-rays by ConVIRT (Zhang et al. 2020) and GLoRIA (Huang et al., ICCV
 2021), which report fine-tuning at 1 %, 10 % and 100 % of the training labels: a pretrained encoder
 earns its keep when few labels reach the AUROC that a network trained from scratch needs all labels
-for. The from-scratch baseline here is the same image tower architecture, randomly initialised and
-trained on the same labelled subsets with a masked binary cross-entropy (unknown labels are left out,
-never counted as negatives).
+for. The from-scratch baseline (:mod:`cxrfm.tasks.baseline`) is the same image tower architecture at
+the encoder's input size, randomly initialised, with its schedule chosen on a validation part of the
+training rows, trained on the same labelled subsets.
 
 Subsets are per finding, stratified and nested (the 1 % rows are part of the 10 % rows): positives and
 negatives are shuffled once with the task's generator and the first ``round(f * n)`` of each are kept.
-A fraction that leaves fewer than :data:`MIN_TRAIN_POS` positives or negatives is skipped with its reason.
+A fraction that leaves fewer than :data:`MIN_TRAIN_POS` positives or negatives is skipped with its reason;
+the headline means average the findings each fraction has and say how many (``n_findings``).
 
 Scoring follows :mod:`cxrfm.tasks.zero_shot`: per finding AUROC with a patient-level bootstrap CI,
 per-source AUROC and the AUROC of a source-only predictor. Sources are a shortcut in the bundled data
 (pediatric pneumonia vs adult NIH images; Zech et al., PLoS Med 2018), so within-source AUROC comes first.
 
-Where the training rows come from (:func:`resolve_split`, shared with the segmentation task): a
-separate training manifest (``context.train_manifest``), else the manifest's ``split`` column, else a
-seeded patient-level split of the evaluation manifest; the result says which under ``split``.
+The probes fitted on all training labels are the served ones: with a run folder, they go into the
+findings head (:mod:`cxrfm.inference.heads`) that ``serve`` answers with.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.findings import FINDINGS
-from ..data.schema import Manifest
 from ..errors import SplitError
-from .embed import ImageBatches, embed_manifest, open_image_cache
+from .baseline import BaselineSettings, choose_schedule, predict_supervised, train_supervised
+from .embed import embed_manifest
+from .split import TaskSplit, carve_validation, context_images, load_pixels, resolve_split, train_images  # noqa: F401
 from .zero_shot import zero_shot_auroc
 
 if TYPE_CHECKING:
@@ -47,93 +42,7 @@ if TYPE_CHECKING:
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
 # A logistic regression on fewer positives (or negatives) than this is noise, not a measurement.
 MIN_TRAIN_POS = 3
-EVAL_FRACTION = 0.25
 PLOT_FILE = "probe_label_efficiency.png"
-
-
-@dataclass(frozen=True)
-class BaselineSettings:
-    """The from-scratch supervised baseline. Small on purpose: it must run beside the probe on a laptop."""
-
-    image_size: int = 64  # at most the model's size; ConvNeXt's stride-32 stem still leaves a 2x2 map
-    epochs: int = 4  # passes over the labelled subset
-    min_steps: int = 15  # the 1 % subsets are a handful of images: give them a few updates regardless
-    batch_size: int = 32
-    lr: float = 2e-3
-
-
-# ---------------------------------------------------------------- where train and eval rows come from
-@dataclass
-class TaskSplit:
-    """Training and evaluation rows of a task that fits something on labels.
-
-    ``eval_rows`` index the evaluation context's manifest; ``train_rows`` index it too when the
-    training rows come from it (``train_external`` False), otherwise they index ``train``.
-    """
-
-    train: Manifest
-    train_rows: np.ndarray
-    eval_rows: np.ndarray
-    train_external: bool
-    how: str
-
-    def describe(self) -> dict:
-        return {"how": self.how, "n_train": int(len(self.train_rows)), "n_eval": int(len(self.eval_rows))}
-
-
-def resolve_split(context: "EvalContext", eval_fraction: float = EVAL_FRACTION) -> TaskSplit:
-    """The training manifest of ``context`` if it has one, else its ``split`` column, else a seeded
-    patient-level split (``eval_fraction`` of rows to evaluation, stratified by source)."""
-    from ..data.splits import split_patients
-    from .suite import TaskSkipped
-
-    manifest = context.manifest
-    train = getattr(context, "train_manifest", None)
-    if train is not None:
-        ours = set(manifest.table["patient_id"].astype(str))
-        shared = ours & set(train.table["patient_id"].astype(str))
-        how = f"training manifest {train.path or '(given table)'}; evaluation manifest is the eval set"
-        if shared:
-            how += f" (warning: {len(shared)} patient(s) are in both, the evaluation leaks)"
-        return TaskSplit(train, np.arange(len(train)), np.arange(len(manifest)), True, how)
-    if "split" in manifest.table.columns:
-        parts = manifest.table["split"].astype(str).str.lower().to_numpy()
-        train_rows = np.flatnonzero(parts == "train")
-        eval_rows = np.flatnonzero(parts == "test")
-        how = "the manifest's split column: train rows -> training, test rows -> eval"
-        if len(eval_rows) == 0:
-            eval_rows = np.flatnonzero(parts != "train")
-            how = "the manifest's split column: train rows -> training, all other rows -> eval"
-    else:
-        try:
-            parts = split_patients(manifest, (1 - eval_fraction, eval_fraction), seed=context.seed,
-                                   names=("train", "eval"))
-        except SplitError as e:
-            raise TaskSkipped(f"cannot split the manifest into train and eval: {e}") from None
-        train_rows, eval_rows = np.flatnonzero(parts == "train"), np.flatnonzero(parts == "eval")
-        how = (f"seeded patient-level split of the evaluation manifest (seed {context.seed}, "
-               f"{eval_fraction:.0%} of rows to eval, stratified by source); give a training manifest to "
-               f"evaluate on all rows")
-    if len(eval_rows) == 0:
-        raise TaskSkipped(f"the eval split is empty ({how}); add eval patients or give a training manifest")
-    if len(train_rows) == 0:
-        raise TaskSkipped(f"the training split is empty ({how}); give a training manifest")
-    return TaskSplit(manifest, train_rows, eval_rows, False, how)
-
-
-def context_images(context: "EvalContext") -> ImageBatches:
-    """The context's row-aligned images at the model's size (the suite's cache, built on first use)."""
-    if context.images is None:
-        context.images = open_image_cache(context.manifest, int(context.model.image_size),
-                                          cache_dir=context.cache_dir, progress=context.progress)
-    return context.images
-
-
-def train_images(context: "EvalContext", split: TaskSplit) -> ImageBatches:
-    if not split.train_external:
-        return context_images(context)
-    return open_image_cache(split.train, int(context.model.image_size), cache_dir=context.cache_dir,
-                            progress=context.progress)
 
 
 # ---------------------------------------------------------------- label subsets
@@ -156,108 +65,40 @@ def label_subsets(y: np.ndarray, fractions: Sequence[float], rng: np.random.Gene
 
 
 # ---------------------------------------------------------------- the probe
-def linear_probe(train_emb: np.ndarray, train_y: np.ndarray, eval_emb: np.ndarray, C: float = 1.0,
-                 seed: int = 0) -> np.ndarray:
-    """Fit L2 logistic regression on standardised ``train_emb`` (N, D) for labels ``train_y`` (0/1) and
-    return the positive-class probability of each ``eval_emb`` row (M,)."""
+def fit_linear_probe(train_emb: np.ndarray, train_y: np.ndarray, C: float = 1.0, seed: int = 0
+                     ) -> tuple[np.ndarray, float]:
+    """L2 logistic regression on standardised ``train_emb`` (N, D) for labels ``train_y`` (0/1).
+
+    Returns ``(w (D,), b)`` on the *raw* embedding: the standardisation is folded in, so
+    ``sigmoid(emb @ w + b)`` is the fitted model's positive-class probability (what the findings head
+    stores and ``serve`` computes).
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
     train_y = np.asarray(train_y).astype(int)
     if len(np.unique(train_y)) < 2:
         raise ValueError("linear_probe: training labels hold one class only")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
+    x = np.asarray(train_emb, dtype=np.float64)
     # (N, 128) problems: BLAS threads only add overhead, and on a busy laptop they spin (50x slower)
     with threadpool_limits(1):
-        clf.fit(np.asarray(train_emb, dtype=np.float64), train_y)
-        return clf.predict_proba(np.asarray(eval_emb, dtype=np.float64))[:, 1]
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(scaler.transform(x), train_y)
+    coef = clf.coef_[0] / scaler.scale_  # (D,)
+    return coef, float(clf.intercept_[0] - coef @ scaler.mean_)
 
 
-# ---------------------------------------------------------------- the from-scratch baseline
-class SupervisedNet(nn.Module):
-    """An image tower (randomly initialised) with a linear multi-label head."""
-
-    def __init__(self, tower: nn.Module, out_dim: int, n_labels: int):
-        super().__init__()
-        self.tower = tower
-        self.head = nn.Linear(out_dim, n_labels)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tower(pixels))  # (B, F) logits
+def probe_probabilities(emb: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    """(M,) ``sigmoid(emb @ w + b)``."""
+    return 1.0 / (1.0 + np.exp(-(np.asarray(emb, dtype=np.float64) @ w + b)))
 
 
-def build_scratch_tower(model_config, image_size: int, seed: int) -> tuple[nn.Module, int]:
-    """The image tower architecture of ``model_config`` (a ModelConfig, or None for the default) at
-    ``image_size``, randomly initialised from ``seed`` (weights of a checkpoint tower are not loaded)."""
-    from ..config import ModelConfig
-    from ..models.factory import quiet_transformers
-    from ..models.image import IMAGE_TOWERS, build_image_tower
-
-    cfg = model_config if model_config is not None else ModelConfig()
-    cfg = dataclasses.replace(cfg, image_size=int(image_size))
-    if cfg.image_hf_config is None and cfg.image_tower not in IMAGE_TOWERS:
-        cfg = dataclasses.replace(cfg, image_tower="convnext")  # a checkpoint with no saved architecture
-    with torch.random.fork_rng(devices=[]), quiet_transformers():
-        torch.manual_seed(int(seed))
-        tower, _ = build_image_tower(cfg)
-    return tower, int(tower.out_dim)
-
-
-def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the known (non-NaN) entries of ``y`` (B, F)."""
-    known = ~torch.isnan(y)
-    if not known.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], y[known])
-
-
-def train_supervised(pixels: torch.Tensor, y: np.ndarray, model_config=None,
-                     settings: BaselineSettings = BaselineSettings(), seed: int = 0,
-                     progress: bool = False) -> SupervisedNet:
-    """Train the from-scratch baseline on ``pixels`` (N, 1, S, S) in [0, 1] and labels ``y`` (N, F) 1/0/NaN."""
-    tower, dim = build_scratch_tower(model_config, pixels.shape[-1], seed)
-    g = torch.Generator().manual_seed(int(seed))
-    net = SupervisedNet(tower, dim, y.shape[1])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed) + 1)
-        net.head.reset_parameters()
-    yt = torch.as_tensor(y, dtype=torch.float32)
-    n = len(yt)
-    per_epoch = max(1, math.ceil(n / settings.batch_size))
-    steps = max(settings.epochs * per_epoch, settings.min_steps)
-    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.1)
-    net.train()
-    order = torch.randperm(n, generator=g)
-    pos = 0
-    for _ in tqdm(range(steps), desc="baseline", unit="step", disable=not progress, leave=False):
-        if pos >= n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + settings.batch_size]
-        pos += settings.batch_size
-        loss = masked_bce(net(pixels[idx]), yt[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
-
-
-@torch.inference_mode()
-def predict_supervised(net: SupervisedNet, pixels: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """(N, F) probabilities."""
-    out = [torch.sigmoid(net(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
-    return torch.cat(out).double().numpy() if out else np.zeros((0, 0))
-
-
-def load_pixels(images: ImageBatches, rows: np.ndarray, size: int, batch_size: int = 256) -> torch.Tensor:
-    """Rows of ``images`` resized to ``size`` as one float32 (N, 1, size, size) tensor."""
-    from ..models.image import resize_to
-
-    parts = [resize_to(images.batch(rows[i:i + batch_size]), size) for i in range(0, len(rows), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, 1, size, size)
+def linear_probe(train_emb: np.ndarray, train_y: np.ndarray, eval_emb: np.ndarray, C: float = 1.0,
+                 seed: int = 0) -> np.ndarray:
+    """Fit :func:`fit_linear_probe` and return the positive-class probability of each ``eval_emb`` row (M,)."""
+    w, b = fit_linear_probe(train_emb, train_y, C=C, seed=seed)
+    return probe_probabilities(eval_emb, w, b)
 
 
 # ---------------------------------------------------------------- scoring
@@ -286,10 +127,26 @@ def _scored_by_fraction(scores: dict[float, np.ndarray], labels: np.ndarray, pid
     return merged
 
 
-def _means(findings: dict[str, dict], fractions: Sequence[float], key: str) -> dict[str, float | None]:
-    """Per fraction, the mean of ``key`` over the findings scored at every fraction (comparable means)."""
-    common = [r for r in findings.values() if all(r[key].get(_key(f)) is not None for f in fractions)]
-    return {_key(f): (float(np.mean([r[key][_key(f)] for r in common])) if common else None) for f in fractions}
+def mean_by_fraction(findings: dict[str, dict], fractions: Sequence[float], key: str
+                     ) -> tuple[dict[str, float | None], dict[str, int]]:
+    """Per fraction, the mean of ``key`` over the findings that have a value at that fraction, and how
+    many findings that is: a finding missing one fraction does not blank the others' means."""
+    means: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for f in fractions:
+        vals = [r[key][_key(f)] for r in findings.values() if r[key].get(_key(f)) is not None]
+        means[_key(f)] = float(np.mean(vals)) if vals else None
+        counts[_key(f)] = len(vals)
+    return means, counts
+
+
+def _headline(found: dict[str, dict], fractions: Sequence[float]) -> dict:
+    mean, n = mean_by_fraction(found, fractions, "auroc")
+    within, n_within = mean_by_fraction(found, fractions, "within_source_auroc")
+    return {"mean_auroc": mean, "n_findings": n, "mean_within_source_auroc": within,
+            "n_findings_within_source": n_within,
+            "means_note": "per label fraction, the mean over the findings scored at that fraction (n_findings says "
+                          "how many); fractions may average different findings"}
 
 
 def plot_label_efficiency(result: dict, path: str | Path) -> Path:
@@ -330,16 +187,18 @@ def probe_findings(
     train_emb: np.ndarray, train_labels: np.ndarray, eval_emb: np.ndarray, eval_labels: np.ndarray,
     eval_pids: Sequence, eval_sources: Sequence, findings: Sequence[str], rng: np.random.Generator,
     fractions: Sequence[float] = FRACTIONS, n_boot: int = 1000, min_pos: int = 10, min_neg: int = 10,
-) -> tuple[dict, dict, dict]:
+) -> tuple[dict, dict, dict, dict]:
     """The probe without the suite: per finding, fit on the label subsets, score the eval rows.
 
     ``*_labels`` are (N, F) 1/0/NaN in ``findings`` order. Returns ``(findings_result, skipped,
-    subsets)``: ``subsets[finding][fraction]`` are the training rows used (for the baseline).
+    subsets, probes)``: ``subsets[finding][fraction]`` are the training rows used (for the baseline),
+    ``probes[finding] = (w, b)`` the probe fitted at the largest fraction (for the findings head).
     """
     ctx = SimpleNamespace(n_boot=n_boot, min_pos=min_pos, min_neg=min_neg)  # the scoring thresholds
     findings = list(findings)
     skipped: dict[str, str] = {}
     subsets: dict[str, dict[float, np.ndarray]] = {}
+    probes: dict[str, tuple[np.ndarray, float]] = {}
     skipped_fractions: dict[str, dict[str, str]] = {}
     scores = {f: np.full(eval_labels.shape, np.nan) for f in fractions}
     available: dict[str, dict[float, bool]] = {}
@@ -361,8 +220,11 @@ def probe_findings(
                 skipped_fractions.setdefault(name, {})[_key(f)] = rows
                 continue
             subsets[name][f] = rows
-            scores[f][:, j] = linear_probe(train_emb[rows], train_labels[rows, j], eval_emb, seed=0)
+            w, b = fit_linear_probe(train_emb[rows], train_labels[rows, j], seed=0)
+            scores[f][:, j] = probe_probabilities(eval_emb, w, b)
             available[name][f] = True
+            if f == max(fractions):
+                probes[name] = (w, b)
     # the eval rows with a known label for a finding; scores elsewhere are unused (NaN-masked by labels)
     for f in fractions:
         scores[f] = np.where(np.isnan(scores[f]), 0.0, scores[f])
@@ -373,40 +235,114 @@ def probe_findings(
                                        for f, r in subsets[name].items()}
         if name in skipped_fractions:
             merged[name]["skipped_fractions"] = skipped_fractions[name]
-    return merged, skipped, subsets
+    return merged, skipped, subsets, probes
 
 
 def baseline_findings(
     train_pixels: torch.Tensor, train_labels: np.ndarray, eval_pixels: torch.Tensor, eval_labels: np.ndarray,
     eval_pids: Sequence, eval_sources: Sequence, findings: Sequence[str], subsets: dict, rng: np.random.Generator,
-    fractions: Sequence[float] = FRACTIONS, model_config=None, settings: BaselineSettings = BaselineSettings(),
-    seed: int = 0, n_boot: int = 1000, min_pos: int = 10, min_neg: int = 10, progress: bool = False,
+    fractions: Sequence[float] = FRACTIONS, model_config=None, schedule: tuple[int, float] = (4, 2e-3),
+    settings: BaselineSettings = BaselineSettings(), seed: int = 0, n_boot: int = 1000, min_pos: int = 10,
+    min_neg: int = 10, progress: bool = False,
 ) -> dict:
     """The from-scratch baseline on the probe's label subsets: one multi-label network per fraction,
-    trained on the labels each finding's subset reveals (the rest are masked), scored like the probe."""
+    trained with ``schedule`` (epochs, lr) on the labels each finding's subset reveals (the rest
+    masked), scored like the probe."""
     ctx = SimpleNamespace(n_boot=n_boot, min_pos=min_pos, min_neg=min_neg)
     findings = list(findings)
     scores: dict[float, np.ndarray] = {}
     available = {name: {} for name in findings}
     trained: dict[str, int] = {}
     for f in fractions:
-        y = np.full(train_labels.shape, np.nan, dtype=np.float32)
-        for j, name in enumerate(findings):
-            rows = subsets.get(name, {}).get(f)
-            if rows is not None:
-                y[rows, j] = train_labels[rows, j]
+        y = revealed_labels(train_labels, findings, subsets, f)
+        for name in findings:
+            if subsets.get(name, {}).get(f) is not None:
                 available[name][f] = True
         rows = np.flatnonzero(~np.isnan(y).all(axis=1))
         if len(rows) == 0:
             continue
-        net = train_supervised(train_pixels[rows], y[rows], model_config, settings, seed=seed, progress=progress)
+        net = train_supervised(train_pixels[rows], y[rows], model_config, schedule[0], schedule[1], settings,
+                               seed=seed, progress=progress)
         scores[f] = predict_supervised(net, eval_pixels)
         trained[_key(f)] = int(len(rows))
     merged = _scored_by_fraction(scores, eval_labels, eval_pids, eval_sources, findings, available, ctx, rng)
     return {"findings": merged, "n_train_images": trained}
 
 
+def revealed_labels(train_labels: np.ndarray, findings: Sequence[str], subsets: dict, fraction: float) -> np.ndarray:
+    """(N, F) labels with only each finding's subset rows at ``fraction`` known (NaN elsewhere)."""
+    y = np.full(train_labels.shape, np.nan, dtype=np.float32)
+    for j, name in enumerate(findings):
+        rows = subsets.get(name, {}).get(fraction)
+        if rows is not None:
+            y[rows, j] = train_labels[rows, j]
+    return y
+
+
 # ---------------------------------------------------------------- the suite task
+def _baseline(context: "EvalContext", split: TaskSplit, found: dict, subsets: dict, wanted: list[str],
+              train_labels: np.ndarray, eval_labels: np.ndarray, pids, srcs, fractions: Sequence[float],
+              settings: BaselineSettings, rng: np.random.Generator) -> dict:
+    """The from-scratch baseline at the encoder's size, its schedule chosen on a validation part of the
+    training rows (at the largest label fraction), then trained on each fraction's subsets."""
+    names = list(found)
+    j_of = [wanted.index(n) for n in names]
+    encoder_size = int(context.model.image_size)
+    size = int(settings.image_size) if settings.image_size else encoder_size
+    keep = np.unique(np.concatenate([subsets[n][f] for n in names for f in subsets[n]]))
+    remap = {n: {f: np.searchsorted(keep, r) for f, r in subsets[n].items()} for n in names}
+    train_pixels = load_pixels(train_images(context, split), split.train_rows[keep], size)
+    eval_pixels = load_pixels(context_images(context), split.eval_rows, size)
+    y = train_labels[keep][:, j_of]
+    cfg = getattr(context.model, "config", None)
+    y_top = revealed_labels(y, names, remap, max(fractions))
+    have = np.flatnonzero(~np.isnan(y_top).all(axis=1))
+    try:
+        fit, val = carve_validation(split.train, split.train_rows[keep][have], settings.val_fraction, context.seed)
+        chosen = choose_schedule(train_pixels[have], y_top[have], fit, val, cfg, settings, seed=context.seed,
+                                 progress=context.progress)
+    except SplitError as e:
+        epochs, lr = settings.schedules[0]
+        chosen = {"epochs": int(epochs), "lr": float(lr), "candidates": [], "how": f"kept the first candidate: {e}"}
+    base = baseline_findings(
+        train_pixels, y, eval_pixels, eval_labels[:, j_of], pids, srcs, names, remap, rng, fractions,
+        model_config=cfg, schedule=(chosen["epochs"], chosen["lr"]), settings=settings, seed=context.seed,
+        n_boot=context.n_boot, min_pos=context.min_pos, min_neg=context.min_neg, progress=context.progress)
+    base["description"] = (f"the image tower architecture trained from scratch on the same label subsets at {size} px "
+                           f"(masked BCE, {chosen['epochs']} epochs / >= {settings.min_steps} steps, batch "
+                           f"{settings.batch_size}, AdamW warm-up + cosine, peak lr {chosen['lr']:g}; schedule chosen on a "
+                           f"validation part of the training rows)")
+    base["image_size"] = size
+    base["encoder_image_size"] = encoder_size
+    base["schedule"] = chosen
+    base.update(_headline(base["findings"], fractions))
+    return base
+
+
+def save_probe_head(context: "EvalContext", split: TaskSplit, probes: dict[str, tuple[np.ndarray, float]]
+                    ) -> str | None:
+    """Put the probes fitted on all training labels into the run's findings head, so that ``serve``
+    answers those findings with them; returns the head file (None without a run folder or probes).
+
+    Calibration a previous ``eval`` fitted on the same training data is kept; the report task refits it
+    and keeps these probes when it runs after this one on the same training part."""
+    if getattr(context, "run_dir", None) is None or not probes:
+        return None
+    from ..inference.heads import FindingsHead, load_findings_head
+
+    findings = [f for f in FINDINGS if f in context.prompts]  # the head serve and the report task build
+    head = FindingsHead.zero_shot(context.model, findings, context.prompts, context.logit_scale)
+    data_hash = split.train.content_hash()
+    saved, _ = load_findings_head(context.run_dir, context.model, findings, context.prompts, context.logit_scale)
+    if saved.fitted_on.get("data_hash") == data_hash:
+        head.calibration = dict(saved.calibration)
+    for f, (w, b) in probes.items():
+        if f in findings:
+            head.set_probe(f, w, b)
+    head.fitted_on = {"data_hash": data_hash, "n_rows": int(len(split.train_rows)), "split": split.describe()}
+    return str(head.save(context.run_dir))
+
+
 def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
         baseline: BaselineSettings | None = BaselineSettings()) -> dict:
     """The ``probe`` task of the evaluation suite (see :mod:`cxrfm.tasks.suite`)."""
@@ -436,7 +372,7 @@ def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
     table = manifest.table
     pids = table["patient_id"].to_numpy()[split.eval_rows]
     srcs = table["source"].to_numpy()[split.eval_rows]
-    found, skipped, subsets = probe_findings(
+    found, skipped, subsets, probes = probe_findings(
         train_emb, train_labels, eval_emb, eval_labels, pids, srcs, wanted, rng, fractions,
         n_boot=context.n_boot, min_pos=context.min_pos, min_neg=context.min_neg)
     if not found:
@@ -449,31 +385,12 @@ def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
         "n_boot": context.n_boot,
         "findings": found,
         "skipped_findings": skipped,
-        "mean_auroc": _means(found, fractions, "auroc"),
-        "mean_within_source_auroc": _means(
-            {k: v for k, v in found.items() if all(v["within_source_auroc"].get(_key(f)) is not None
-                                                   for f in fractions)}, fractions, "within_source_auroc"),
+        **_headline(found, fractions),
     }
     if baseline is not None:
-        size = min(int(baseline.image_size), int(context.model.image_size))
-        names = list(found)
-        j_of = [wanted.index(n) for n in names]
-        t_images = train_images(context, split)
-        keep_train = np.unique(np.concatenate([subsets[n][f] for n in names for f in subsets[n]]))
-        remap = {n: {f: np.searchsorted(keep_train, r) for f, r in subsets[n].items()} for n in names}
-        train_pixels = load_pixels(t_images, split.train_rows[keep_train], size)
-        eval_pixels = load_pixels(context_images(context), split.eval_rows, size)
-        base = baseline_findings(
-            train_pixels, train_labels[keep_train][:, j_of], eval_pixels, eval_labels[:, j_of], pids, srcs, names,
-            remap, rng, fractions, model_config=getattr(context.model, "config", None),
-            settings=dataclasses.replace(baseline, image_size=size), seed=context.seed, n_boot=context.n_boot,
-            min_pos=context.min_pos, min_neg=context.min_neg, progress=context.progress)
-        base["description"] = (f"the image tower architecture trained from scratch on the same label subsets "
-                               f"(masked BCE, {baseline.epochs} epochs / >= {baseline.min_steps} steps, batch "
-                               f"{baseline.batch_size}, AdamW lr {baseline.lr:g}, {size} px)")
-        base["image_size"] = size
-        base["mean_auroc"] = _means(base["findings"], fractions, "auroc")
-        out["baseline"] = base
+        out["baseline"] = _baseline(context, split, found, subsets, wanted, train_labels, eval_labels, pids, srcs,
+                                    fractions, baseline, rng)
+    out["head_file"] = save_probe_head(context, split, {f: p for f, p in probes.items() if f in found})
     out_dir = getattr(context, "out_dir", None)
     out["plot"] = str(plot_label_efficiency(out, Path(out_dir) / PLOT_FILE)) if out_dir is not None else None
     return out
