@@ -136,3 +136,12 @@ def test_invalid_source_cell_is_an_error_not_overwritten(tmp_path):
     with pytest.raises(ReportError, match=r"m\.csv: row 2: column 'Cardiomegaly' holds 'yes'"):
         label_table_file(tmp_path / "m.csv", tmp_path / "o.csv")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_labeled_manifest_in_another_folder_still_finds_its_images(cxr_manifest_path, tmp_path):
+    src = Manifest.load(cxr_manifest_path).subset([0, 1, 2])
+    src.save(tmp_path / "m.csv")
+    label_table_file(tmp_path / "m.csv", tmp_path / "sub" / "deeper" / "labeled.csv")
+    out = Manifest.load(tmp_path / "sub" / "deeper" / "labeled.csv")
+    assert [p.resolve() for p in out.image_paths()] == [p.resolve() for p in src.image_paths()]
+    assert all(p.is_file() for p in out.image_paths())

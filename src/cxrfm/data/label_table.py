@@ -12,6 +12,7 @@ know a cell and differ, the cell is listed in ``<OUT stem>.disagreements.csv`` b
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,7 @@ def label_table_file(path_in: str | Path, path_out: str | Path, column: str = "r
         if f in CHEXPERT_14 or f in out.columns or not np.isnan(src[:, j]).all():
             out[f] = pd.Series(merged[:, j], index=out.index).astype("Int8")
     out[NOTE_COLUMN] = notes
+    _rebase_paths(out, path_in, path_out)
     write_table(out, path_out)
     dis_path = _write_disagreements(df, src, labels, path_out)
 
@@ -160,6 +162,19 @@ def _write_disagreements(df: pd.DataFrame, src: np.ndarray, labeler: np.ndarray,
         if key in df.columns:
             table.insert(1, key, df[key].to_numpy()[rows])
     return write_table(table, path)
+
+
+def _rebase_paths(df: pd.DataFrame, path_in: Path, path_out: Path) -> None:
+    """A manifest written to another folder keeps pointing at its images (paths are relative to the table)."""
+    from .schema import REQUIRED_COLUMNS
+
+    src_dir, out_dir = path_in.resolve().parent, path_out.resolve().parent
+    if src_dir == out_dir or not set(REQUIRED_COLUMNS) <= set(df.columns):
+        return
+    for col in ("image", "mask"):
+        if col in df.columns:
+            df[col] = [v if _blank(v) or os.path.isabs(str(v)) else
+                       Path(os.path.relpath(src_dir / str(v), out_dir)).as_posix() for v in df[col]]
 
 
 def _drop_trailing_empty_lines(df: pd.DataFrame) -> pd.DataFrame:
