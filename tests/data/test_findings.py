@@ -173,6 +173,8 @@ C = "covid-chestxray-dataset"
     # a leaf we do not list under a known parent: the parent still holds
     ("Pneumonia/Bacterial/Some-New-Organism", {"Pneumonia": 1, "Bacterial pneumonia": 1}),
     ("Tuberculosis", {"Pneumonia": 0, "No Finding": 0}),
+    ("COVID-19, ARDS", {"COVID-19": 1, "Pneumonia": 1, "Bacterial pneumonia": 0}),  # 2020 snapshots
+    ("ARDS", {"Pneumonia": 0, "No Finding": 0}),
     ("No Finding", {"No Finding": 1, "Pneumonia": 0, "Support Devices": None}),
     ("todo", {f: None for f in FINDINGS}),
     ("Unknown", {f: None for f in FINDINGS}),

@@ -263,11 +263,16 @@ def _lookup(spec: SourceLabels, key: str) -> tuple[str, ...] | None:
     """
     if key in spec.mapping:
         return spec.mapping[key]
-    if not spec.hierarchical or "/" not in key:
+    if not spec.hierarchical or not ("/" in key or "," in key):
         return None
     found: list[str] = []
-    for seg in key.split("/"):
-        found.extend(spec.mapping.get(seg.strip(), ()))
+    for part in key.split(","):  # the 2020 snapshots join two diagnoses: "COVID-19, ARDS"
+        part = part.strip()
+        if part in spec.mapping:
+            found.extend(spec.mapping[part])
+            continue
+        for seg in part.split("/"):
+            found.extend(spec.mapping.get(seg.strip(), ()))
     return tuple(dict.fromkeys(found)) or None
 
 
@@ -282,7 +287,7 @@ def _classify(name: str, spec: SourceLabels | None, source: str) -> tuple[str, t
         found = _lookup(spec, key)
         if found is not None:
             return "mapped", found
-        segments = {seg.strip() for seg in key.split("/")} if spec.hierarchical else {key}
+        segments = {seg.strip() for part in key.split(",") for seg in part.split("/")} if spec.hierarchical else {key}
         if key in spec.unmapped or segments & spec.unmapped:
             return "outside", ()
         if segments <= UNINFORMATIVE:
