@@ -16,6 +16,8 @@ _LAZY = {
     "load_model": ("cxrfm.models.dual", "load_model"),
     "ood_score": ("cxrfm.inference.gate", "ood_score"),
     "Analyzer": ("cxrfm.inference.analyze", "Analyzer"),
+    "RunDir": ("cxrfm.run", "RunDir"),
+    "list_curators": ("cxrfm.train.curation", "list_curators"),
     "evaluate": ("cxrfm.tasks.suite", "evaluate"),
     "pretrain": ("cxrfm.train.loop", "pretrain"),
 }
@@ -30,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cxrfm' has no attribute {name!r}")
 
 
-__all__ = ["FINDINGS", "Manifest", "CxrfmError", "read_image", "load_model", "ood_score", "Analyzer", "evaluate", "pretrain", "__version__"]
+__all__ = ["FINDINGS", "Manifest", "CxrfmError", "read_image", "load_model", "ood_score", "Analyzer", "RunDir", "list_curators", "evaluate", "pretrain", "__version__"]
