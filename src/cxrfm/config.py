@@ -28,7 +28,7 @@ class ModelConfig:
     """What a dual encoder is made of. Everything :func:`cxrfm.load_model` needs to rebuild it."""
 
     # A registered kind built from scratch (``convnext``, ``resnet``, ``vit``, ``dinov2``; see
-    # cxrfm.models.image.IMAGE_TOWERS), or a local Hugging Face model folder / hub id to start from
+    # cxrfm.models.list_image_towers()), or a local Hugging Face model folder / hub id to start from
     # pretrained weights (loaded offline only: nothing is downloaded at run time).
     image_tower: str = "convnext"
     # Keyword arguments of the kind's transformers config (e.g. ConvNextConfig(depths=...)), merged
