@@ -234,7 +234,7 @@ def shortcut_warnings(attrs: Mapping[str, dict], clusters: Mapping | None, warn_
 
 
 def _zero_shot(context: "EvalContext", emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]] | str:
-    from .zero_shot import build_zero_shot_classifier, zero_shot_scores
+    from ..inference.zero_shot import build_zero_shot_classifier, zero_shot_scores
 
     labels_all = context.manifest.labels()
     wanted = list(context.findings) if context.findings is not None else list(FINDINGS)
