@@ -135,3 +135,15 @@ def test_output_reached_through_a_symlink_is_still_the_input(export, tmp_path, c
     before = digest(export)
     assert ingest(export, "manifest", out) == 2
     assert "is an input of this ingest" in capsys.readouterr().err and digest(export) == before
+
+
+def test_missing_mask_path_is_kept_on_record(export, tmp_path, capsys):
+    df = pd.read_csv(export, dtype=str, keep_default_na=False)
+    df.loc[0, "mask"] = "masks/gone.png"
+    df.to_csv(export, index=False)
+    assert ingest(export, "manifest", tmp_path / "out") == 0
+    assert "1 mask paths pointed at missing files: cleared from `mask`, kept in `mask_missing`" in \
+        capsys.readouterr().out
+    m = Manifest.load(tmp_path / "out" / "manifest.csv")
+    assert m.mask_paths()[0] is None
+    assert (tmp_path / "out" / m.table["mask_missing"][0]).resolve() == (export.parent / "masks/gone.png").resolve()

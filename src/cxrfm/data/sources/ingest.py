@@ -36,6 +36,7 @@ SKIPPED_FILE = "skipped_rows.csv"
 MANIFEST_FILE = "manifest.csv"
 UNMAPPED_FILE = "unmapped_labels.csv"
 SKIP_COLUMNS = ("skip_kind", "skip_reason", "skip_origin")
+MASK_MISSING = "mask_missing"  # a mask path that pointed at no file (cleared from `mask`, kept here)
 CHECKS = ("decode", "header", "none")
 
 
@@ -72,7 +73,8 @@ class IngestResult:
         if self.n_empty_reports:
             lines.append(f"{self.n_empty_reports} rows kept with an empty report")
         if self.n_masks_cleared:
-            lines.append(f"{self.n_masks_cleared} mask paths pointed at missing files and were cleared")
+            lines.append(f"{self.n_masks_cleared} mask paths pointed at missing files: cleared from `mask`, "
+                         f"kept in `{MASK_MISSING}`")
         if self.image_check == "header":
             lines.append("images were checked by header only: truncated pixel data was not checked")
         elif self.image_check == "none":
@@ -138,10 +140,13 @@ def ingest(src: Path, fmt: str, out_dir: Path, check_images: bool | str = True, 
     skipped.append(_skipped(table[~keep], kinds, reasons))
     n_masks_cleared = 0
     if "mask" in table.columns:
-        for i, m in enumerate(table["mask"]):
-            if keep[i] and not _blank(m) and not Path(os.path.normpath(out_abs / m)).is_file():
-                table.loc[i, "mask"] = None
-                n_masks_cleared += 1
+        gone = [keep[i] and not _blank(m) and not Path(os.path.normpath(out_abs / m)).is_file()
+                for i, m in enumerate(table["mask"])]
+        n_masks_cleared = int(sum(gone))
+        if n_masks_cleared:
+            # the path stays on record (a mask restored later is one rename away), the mask column is cleared
+            table[MASK_MISSING] = [m if g else None for m, g in zip(table["mask"], gone)]
+            table["mask"] = [None if g else m for m, g in zip(table["mask"], gone)]
     if check != "none" and not {"width", "height"} & set(table.columns):
         table["width"] = [s[0] if s else None for s in sizes]
         table["height"] = [s[1] if s else None for s in sizes]
