@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cxrfm.reporting.html import render_results_file, shortcut_flags, write_report
+from cxrfm.tasks.registry import list_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -115,7 +116,7 @@ def rendered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     results = synthetic_results(folder)
     (folder / "results.json").write_text(json.dumps(results))
-    path = render_results_file(folder / "results.json")
+    path = render_results_file(folder / "results.json", tasks=list_tasks())
     return results, path, path.read_text(encoding="utf-8")
 
 
@@ -162,9 +163,9 @@ def test_self_contained_and_images_embedded(rendered):
 def test_missing_figure_is_a_note(tmp_path):
     results = synthetic_results(tmp_path)
     Path(results["tasks"]["segmentation"]["overlays"]["worst"]["path"]).unlink()
-    page = write_report(results, tmp_path).read_text(encoding="utf-8")
+    page = write_report(results, tmp_path, tasks=list_tasks()).read_text(encoding="utf-8")
     assert "figure not found" in page and "segmentation_worst.png" in page
-    assert page.count('src="data:image/png') == write_report(synthetic_results(tmp_path), tmp_path).read_text(
+    assert page.count('src="data:image/png') == write_report(synthetic_results(tmp_path), tmp_path, tasks=list_tasks()).read_text(
         encoding="utf-8").count('src="data:image/png') - 1
 
 

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------- eval
 def _add_eval(sub):
-    from .tasks.suite import DEFAULT_TASKS, TASKS
+    from .tasks.registry import default_tasks, list_tasks
 
     p = sub.add_parser(
         "eval", help="evaluate a model on every task type (--tasks all) and write results.json + report.html",
@@ -231,8 +231,9 @@ def _add_eval(sub):
                     "as skipped with the reason.")
     p.add_argument("--model", required=True, type=Path, help="run folder written by `cxrfm pretrain`")
     p.add_argument("--data", required=True, type=Path, help="manifest (.csv/.parquet) to evaluate on")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
-                   help=f"comma-separated tasks (default {','.join(DEFAULT_TASKS)}; known: {', '.join(TASKS)})")
+    known = "; ".join(f"{t.name}: {t.summary}" if t.summary else t.name for t in list_tasks())
+    p.add_argument("--tasks", default=",".join(default_tasks()),
+                   help=f"comma-separated tasks, or 'all' (default {','.join(default_tasks())}; known: {known})")
     p.add_argument("--out", required=True, type=Path, help="output folder for results.json")
     p.add_argument("--prompts", type=Path, default=None,
                    help="zero-shot prompts JSON {finding: {positive: [...], negative: [...]}} (default: bundled)")
@@ -297,8 +298,9 @@ def _add_report(sub):
 
 def _run_report(args) -> int:
     from .reporting.html import render_results_file
+    from .tasks.registry import list_tasks
 
-    print(f"report: {render_results_file(args.results, args.out)}")
+    print(f"report: {render_results_file(args.results, args.out, tasks=list_tasks())}")
     return 0
 
 

@@ -207,3 +207,13 @@ def run(context) -> dict:
     res["split"] = split.describe()
     res["out_sources"] = "pydicom-data DICOMs (non-chest) + scikit-image bundled images"
     return res
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="ood", run=run, title="Out-of-distribution gate", needs=(),
+    result_keys=("auroc", "fpr95", "n_in", "n_out"),
+    console="cxrfm.reporting.sections.ood:console", html="cxrfm.reporting.sections.ood:html",
+    default=False, order=60, summary="how well the gate tells chest X-rays from other images"))

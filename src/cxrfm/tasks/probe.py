@@ -394,3 +394,13 @@ def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
     out_dir = getattr(context, "out_dir", None)
     out["plot"] = str(plot_label_efficiency(out, Path(out_dir) / PLOT_FILE)) if out_dir is not None else None
     return out
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="probe", run=run, title="Label-efficient prediction (linear probe)", needs=("labels",),
+    result_keys=("findings", "fractions", "mean_auroc", "mean_within_source_auroc", "split"),
+    console="cxrfm.reporting.sections.probe:console", html="cxrfm.reporting.sections.probe:html",
+    default=False, order=30, summary="linear probes at 1/10/100 % of labels vs a from-scratch network"))

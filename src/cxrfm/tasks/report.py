@@ -418,3 +418,12 @@ def run(context: "EvalContext") -> dict:
                         **{m: _shorten(generated[m][k]) for m in generated}} for k in show]
     return out
 
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="report", run=run, title="Report generation", needs=(),
+    result_keys=("n", "reference", "headline_method", "label_f1"),
+    console="cxrfm.reporting.sections.report:console", html="cxrfm.reporting.sections.report:html",
+    default=False, order=50, summary="draft reports scored by label F1 (and BLEU/ROUGE where report text exists)"))

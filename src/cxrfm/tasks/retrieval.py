@@ -112,3 +112,13 @@ def run(context: "EvalContext") -> dict:
         "relevance": "identical report text (images sharing a report are all relevant to it)",
     })
     return out
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="retrieval", run=run, title="Image-report retrieval", needs=("report_text",),
+    result_keys=("image_to_text", "text_to_image", "n_images", "n_texts"),
+    console="cxrfm.reporting.sections.retrieval:console", html="cxrfm.reporting.sections.retrieval:html",
+    default=True, order=20, summary="Recall@1/5/10 image<->report with chance"))

@@ -283,3 +283,13 @@ def run(context: "EvalContext") -> dict:
         "warnings": shortcut_warnings(attrs, clusters),
         "n_boot": context.n_boot,
     }
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="shortcut", run=run, title="Shortcut audit", needs=(),
+    result_keys=("attributes", "error_clusters", "warnings"),
+    console="cxrfm.reporting.sections.shortcut:console", html="cxrfm.reporting.sections.shortcut:html",
+    default=False, order=70, summary="which attributes (source, sex, view...) the embedding predicts"))

@@ -1,8 +1,11 @@
 """The evaluation suite: run the chosen tasks on one model and one manifest, write results.json.
 
-A task is a module with ``run(context: EvalContext) -> dict``, registered by name in :data:`TASKS`;
-it raises :class:`TaskSkipped` with the reason when the data cannot support it (no report text, no
-finding with enough labels), and the reason is recorded under ``tasks.<name>.skipped``. Images are
+A task is a :class:`~cxrfm.tasks.registry.Task` in the one registry (:mod:`cxrfm.tasks.registry`)
+that this suite, the console table and the HTML report all read. Its ``run(context) -> dict`` raises
+:class:`TaskSkipped` with the reason when the data cannot support it (no report text, no finding with
+enough labels), and the reason is recorded under ``tasks.<name>.skipped``; a task whose declared data
+need (labels, report text, masks) no row meets is skipped before it runs. A result that lacks a key
+its task declares stops the suite with :class:`~cxrfm.tasks.registry.TaskResultError` naming the task. Images are
 embedded once, lazily, and shared by all tasks. Each task draws its randomness from its own
 generator derived from (seed, task name), so adding or reordering tasks never changes another
 task's numbers.
@@ -23,7 +26,6 @@ Intell. 2021): sources are a shortcut, so AUROC within each source comes first a
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import math
 import time
@@ -40,35 +42,11 @@ from ..data.findings import FINDINGS
 from ..data.schema import Manifest
 from ..errors import ConfigError, ManifestError, RunDirError
 from .embed import DualEncoderLike, ImageBatches, embed_images, open_image_cache
+from .registry import TaskSkipped, default_tasks, get_task, list_tasks, task_names  # noqa: F401 - TaskSkipped re-exported
 
-# name -> module holding `run(context) -> dict`. New tasks (probe, segmentation, report, ood,
-# shortcut) add one line here, or call register_task from their own package.
-TASKS: dict[str, str] = {
-    "zeroshot": "cxrfm.tasks.zero_shot",
-    "retrieval": "cxrfm.tasks.retrieval",
-    "probe": "cxrfm.tasks.probe",
-    "segmentation": "cxrfm.tasks.segmentation",
-    "report": "cxrfm.tasks.report",
-    "ood": "cxrfm.tasks.ood",
-    "shortcut": "cxrfm.tasks.shortcut",
-}
-DEFAULT_TASKS: tuple[str, ...] = ("zeroshot", "retrieval")
 RESULTS_FILE = "results.json"
 # CLIP's learned temperature is clamped at 100 (Radford et al. 2021); used when the model has none.
 DEFAULT_LOGIT_SCALE = 100.0
-
-
-class TaskSkipped(Exception):
-    """Raised by a task's ``run`` when the data cannot support it; the message is the reason."""
-
-
-def register_task(name: str, module: str) -> None:
-    """Make ``module`` (with ``run(context) -> dict``) available as task ``name``."""
-    TASKS[name] = module
-
-
-def available_tasks() -> list[str]:
-    return list(TASKS)
 
 
 @dataclass
@@ -177,22 +155,41 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _parse_tasks(tasks: str | Sequence[str]) -> list[str]:
+def _parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
+    known = task_names()
+    if tasks is None:
+        return default_tasks()
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if names == ["all"]:
-        names = list(TASKS)
+        names = known
     if not names:
-        raise ConfigError(f"no task given; choose from {', '.join(TASKS)}")
-    unknown = [t for t in names if t not in TASKS]
+        raise ConfigError(f"no task given; choose from {', '.join(known)}")
+    unknown = [t for t in names if t not in known]
     if unknown:
-        raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
+
+
+def run_task(task, context: EvalContext) -> tuple[dict, float]:
+    """(result, seconds) of one task: skipped with the reason when its data need is unmet or it raises
+    TaskSkipped; a result lacking a declared key raises TaskResultError (a bug in that task)."""
+    t0 = time.perf_counter()
+    reason = task.missing_data(context.manifest)
+    if reason is not None:
+        result: dict = {"skipped": reason}
+    else:
+        try:
+            result = task.run(context)
+        except TaskSkipped as e:
+            result = {"skipped": str(e)}
+        task.check_result(result)
+    return result, round(time.perf_counter() - t0, 3)
 
 
 def evaluate(
     model_or_run: DualEncoderLike | str | Path,
     data: Manifest | str | Path,
-    tasks: str | Sequence[str] = DEFAULT_TASKS,
+    tasks: str | Sequence[str] | None = None,
     out: str | Path | None = None,
     seed: int = 0,
     n_boot: int = 1000,
@@ -204,7 +201,8 @@ def evaluate(
     train_data: Manifest | str | Path | None = None,
     html: bool = True,
 ) -> dict:
-    """Run ``tasks`` for one model on one manifest; write ``out/results.json`` when ``out`` is given.
+    """Run ``tasks`` (default: the registered default tasks) for one model on one manifest; write
+    ``out/results.json`` when ``out`` is given.
 
     ``model_or_run`` is a model object (the dual-encoder contract) or a run folder.
     ``prompts`` is a prompts JSON path, an already-loaded mapping, or None for the bundled prompts.
@@ -215,7 +213,7 @@ def evaluate(
     """
     from .zero_shot import PROMPTS_FILE, load_prompts
 
-    task_names = _parse_tasks(tasks)
+    names = _parse_tasks(tasks)
     run_dir: Path | None = None
     if isinstance(model_or_run, (str, Path)):
         run_dir = Path(model_or_run)
@@ -258,25 +256,19 @@ def evaluate(
         "config": _model_config(model),
         "seed": seed,
         "n_boot": n_boot,
-        "tasks_requested": task_names,
+        "tasks_requested": names,
         "tasks": {},
         "timing_s": {},
     }
-    for name in task_names:
-        module = importlib.import_module(TASKS[name])
-        t0 = time.perf_counter()
-        try:
-            results["tasks"][name] = module.run(context)
-        except TaskSkipped as e:
-            results["tasks"][name] = {"skipped": str(e)}
-        results["timing_s"][name] = round(time.perf_counter() - t0, 3)
+    for name in names:
+        results["tasks"][name], results["timing_s"][name] = run_task(get_task(name), context)
     results = _jsonable(results)
     if out is not None:
         write_json_atomic(results, Path(out) / RESULTS_FILE)
         if html:
             from ..reporting.html import write_report
 
-            write_report(results, Path(out))
+            write_report(results, Path(out), tasks=list_tasks())
     return results
 
 
@@ -289,82 +281,20 @@ def _model_config(model) -> dict | None:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
 
 
-def _fmt(x: float | None, width: int = 6) -> str:
-    return f"{x:.3f}".rjust(width) if isinstance(x, (int, float)) else "-".rjust(width)
-
-
 def format_results_table(results: Mapping) -> str:
-    """The headline tables: zero-shot AUROC (within-source first, pooled second) and retrieval."""
+    """The headline lines of every task in the results, in registry order (zero-shot AUROC within-source
+    first, then pooled; retrieval; ...), then any warnings."""
+    tasks = results.get("tasks") or {}
     lines: list[str] = []
-    tasks = results.get("tasks", {})
-    zs = tasks.get("zeroshot")
-    if zs is not None:
-        lines.append("Zero-shot classification, AUROC. Sources are a shortcut, so report within them:")
-        lines.append("  within-source = mean of per-source AUROCs (sources with >= 10 pos and >= 10 neg);")
-        lines.append("  source-only = what knowing only the source achieves (in-sample).")
-        if "skipped" in zs:
-            lines.append(f"  skipped: {zs['skipped']}")
-        else:
-            w = max([len("finding")] + [len(f) for f in zs["findings"]])
-            lines.append(f"  {'finding'.ljust(w)}  within  pooled  [95% CI]         src-only  n_pos  n_neg  #src")
-            for f, r in zs["findings"].items():
-                lo, hi = r["ci"]
-                lines.append(f"  {f.ljust(w)}  {_fmt(r['within_source_auroc'])}  {_fmt(r['auroc'])}  "
-                             f"[{_fmt(lo, 5)}, {_fmt(hi, 5)}]  {_fmt(r['source_only_auroc'], 8)}  "
-                             f"{r['n_pos']:5d}  {r['n_neg']:5d}  {len(r['per_source'])}")
-            lines.append(f"  {'mean'.ljust(w)}  {_fmt(zs['mean_within_source_auroc'])}  {_fmt(zs['mean_auroc'])}  "
-                         f"{'':16}  {_fmt(zs.get('mean_source_only_auroc'), 8)}")
-            if zs.get("skipped_findings"):
-                lines.append("  not scored (reasons in results.json skipped_findings): "
-                             + ", ".join(zs["skipped_findings"]))
-    rt = tasks.get("retrieval")
-    if rt is not None:
-        lines.append("Image-report retrieval, Recall@k (chance in brackets):")
-        if "skipped" in rt:
-            lines.append(f"  skipped: {rt['skipped']}")
-        else:
-            for key, label in (("image_to_text", "image -> text"), ("text_to_image", "text -> image")):
-                r = rt[key]
-                cells = "  ".join(f"R@{k} {_fmt(r[f'recall@{k}'], 5)} ({_fmt(r[f'chance@{k}'], 5)})" for k in (1, 5, 10))
-                lines.append(f"  {label}  {cells}  n={r['n']} over {r['n_targets']}")
-    lines.extend(_other_task_lines(tasks))
+    seen = set()
+    for task in list_tasks():
+        if task.name in tasks:
+            lines += task.console_lines(tasks[task.name])
+            seen.add(task.name)
+    for name, r in tasks.items():  # tasks this install does not know (an older or newer results.json)
+        if name not in seen:
+            lines.append(f"{name}: skipped: {r['skipped']}" if isinstance(r, Mapping) and "skipped" in r
+                         else f"{name}: (values in results.json)")
+    for w in results.get("warnings") or []:
+        lines.append(f"WARNING: {w}")
     return "\n".join(lines)
-
-
-def _other_task_lines(tasks: Mapping) -> list[str]:
-    """One or two headline lines per further task (probe, segmentation, report, ood, shortcut)."""
-    lines: list[str] = []
-    for name, r in tasks.items():
-        if name in ("zeroshot", "retrieval") or not isinstance(r, Mapping):
-            continue
-        if "skipped" in r:
-            lines.append(f"{name}: skipped: {r['skipped']}")
-        elif name == "probe":
-            base = r.get("baseline") or {}
-            for key, label in (("mean_within_source_auroc", "within-source"), ("mean_auroc", "pooled")):
-                model_cells = "  ".join(f"{k}: {_fmt(v, 5)}" for k, v in (r.get(key) or {}).items())
-                base_cells = "  ".join(f"{k}: {_fmt(v, 5)}" for k, v in (base.get(key) or {}).items())
-                lines.append(f"probe ({label} mean AUROC by label fraction): frozen {model_cells}"
-                             + (f"  | from scratch {base_cells}" if base_cells else ""))
-        elif name == "segmentation":
-            d, b = r.get("dice") or {}, (r.get("baseline") or {}).get("dice") or {}
-            ci, bci = d.get("ci") or [None, None], b.get("ci") or [None, None]
-            lines.append(f"segmentation: Dice {_fmt(d.get('mean'), 5)} [{_fmt(ci[0], 5)}, {_fmt(ci[1], 5)}]  "
-                         f"random-encoder baseline {_fmt(b.get('mean'), 5)} [{_fmt(bci[0], 5)}, {_fmt(bci[1], 5)}]  "
-                         f"n_eval={r.get('n_eval')}")
-        elif name == "report":
-            f1 = r.get("label_f1") or {}
-            lines.append(f"report ({r.get('headline_method')}): label F1 micro-14 {_fmt(f1.get('micro_14'), 5)}  "
-                         f"macro-14 {_fmt(f1.get('macro_14'), 5)}  micro-5 {_fmt(f1.get('micro_5'), 5)}  "
-                         f"BLEU-4 {_fmt(r.get('bleu4'), 5)}  ROUGE-L {_fmt(r.get('rouge_l'), 5)}  "
-                         f"reference: {(r.get('reference') or {}).get('kind')}")
-        elif name == "ood":
-            lines.append(f"ood: AUROC {_fmt(r.get('auroc'), 5)}  FPR95 {_fmt(r.get('fpr95'), 5)}  "
-                         f"n_in={r.get('n_in')} n_out={r.get('n_out')}")
-        elif name == "shortcut":
-            attrs = "  ".join(f"{k} {_fmt(v.get('auroc'), 5)}" for k, v in (r.get("attributes") or {}).items()
-                              if isinstance(v, Mapping))
-            lines.append(f"shortcut (attribute AUROC from frozen embeddings): {attrs}")
-            for w in (r.get("warnings") or [])[:3]:
-                lines.append(f"  warning: {w}")
-    return lines

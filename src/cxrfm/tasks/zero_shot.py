@@ -209,3 +209,13 @@ def template_matched_line(result: Mapping) -> str | None:
     return (f"  template-matched prompts (the generator's own sentences; not zero-shot): within "
             f"{fmt(tm.get('mean_within_source_auroc'))}  pooled {fmt(tm.get('mean_auroc'))}  "
             f"over {tm.get('n_findings', 0)} finding(s)")
+
+
+# ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
+from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+
+register_task(Task(
+    name="zeroshot", run=run, title="Zero-shot findings classification", needs=("labels",),
+    result_keys=("findings", "mean_auroc", "mean_within_source_auroc", "mean_source_only_auroc", "skipped_findings"),
+    console="cxrfm.reporting.sections.zeroshot:console", html="cxrfm.reporting.sections.zeroshot:html",
+    default=True, order=10, summary="prompt-ensemble AUROC per finding, within each source and pooled"))

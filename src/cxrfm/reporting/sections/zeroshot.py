@@ -1,0 +1,57 @@
+"""Zero-shot classification: console table and report section (within-source first, pooled second)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..assets import Assets
+from ..markup import cell, ci_text, esc, fmt, img_bytes, num, table
+from ..plots import SHORTCUT_AUROC
+from .. import plots
+
+
+def html(r: Mapping, assets: Assets) -> str:
+    rows, classes = [], []
+    for f, v in (r.get("findings") or {}).items():
+        src = num(v.get("source_only_auroc"))
+        flagged = src is not None and src >= SHORTCUT_AUROC
+        per = "<br>".join(f"<small>{esc(s)}: {fmt(a)}</small>" for s, a in (v.get("per_source") or {}).items())
+        rows.append([
+            esc(f) + ('<span class="badge flag">shortcut</span>' if flagged else ""),
+            "#" + fmt(v.get("within_source_auroc")),
+            per or '<small class="skipped">no source with enough of both</small>',
+            "#" + fmt(v.get("auroc")) + f" <small>{ci_text(v.get('ci'))}</small>",
+            f"#{esc(v.get('n_pos', '?'))} / {esc(v.get('n_neg', '?'))}", "#" + fmt(src)])
+        classes.append("flag" if flagged else "")
+    out = [f"<p>Prompts: {esc(r.get('prompts', '?'))}; {esc(r.get('n_rows', '?'))} rows; CI: 95% patient bootstrap.</p>"]
+    if rows:
+        out.append(table(["finding", "within-source AUROC", "per source", "pooled AUROC [95% CI]", "n_pos / n_neg",
+                           "source-only AUROC"], rows, classes))
+        out.append(table(["", "within-source", "pooled", "source-only"], [[
+            "<b>mean</b>", "#" + fmt(r.get("mean_within_source_auroc")), "#" + fmt(r.get("mean_auroc")),
+            "#" + fmt(r.get("mean_source_only_auroc"))]]))
+    out.append(img_bytes(plots.zeroshot_forest(r), "zero-shot AUROC forest plot"))
+    skipped = r.get("skipped_findings") or {}
+    if skipped:
+        items = skipped.items() if isinstance(skipped, Mapping) else ((s, "") for s in skipped)
+        out.append("<details><summary>Findings not scored ({})</summary><ul>{}</ul></details>".format(
+            len(skipped), "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in items)))
+    return "".join(out)
+
+
+def console(zs: Mapping) -> list[str]:
+    """The zero-shot AUROC table: within-source first, pooled with its CI, source-only beside it."""
+    lines = ["Zero-shot classification, AUROC. Sources are a shortcut, so report within them:",
+             "  within-source = mean of per-source AUROCs (sources with >= 10 pos and >= 10 neg);",
+             "  source-only = what knowing only the source achieves (in-sample)."]
+    w = max([len("finding")] + [len(f) for f in zs["findings"]])
+    lines.append(f"  {'finding'.ljust(w)}  within  pooled  [95% CI]         src-only  n_pos  n_neg  #src")
+    for f, r in zs["findings"].items():
+        lo, hi = r["ci"]
+        lines.append(f"  {f.ljust(w)}  {cell(r['within_source_auroc'])}  {cell(r['auroc'])}  "
+                     f"[{cell(lo, 5)}, {cell(hi, 5)}]  {cell(r['source_only_auroc'], 8)}  "
+                     f"{r['n_pos']:5d}  {r['n_neg']:5d}  {len(r['per_source'])}")
+    lines.append(f"  {'mean'.ljust(w)}  {cell(zs['mean_within_source_auroc'])}  {cell(zs['mean_auroc'])}  "
+                 f"{'':16}  {cell(zs.get('mean_source_only_auroc'), 8)}")
+    if zs.get("skipped_findings"):
+        lines.append("  not scored (reasons in results.json skipped_findings): " + ", ".join(zs["skipped_findings"]))
+    return lines
