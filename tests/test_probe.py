@@ -72,7 +72,7 @@ def test_probe_task_on_real_subset(subset, cache_dir, tmp_path):
         for k, n in res["n_findings"].items():
             assert (res["mean_auroc"][k] is None) == (n == 0)
     assert r["n_findings"]["1.0"] >= r["n_findings"]["0.1"] >= 1 and r["mean_auroc"]["0.1"] is not None
-    assert (tmp_path / probe.PLOT_FILE).stat().st_size > 1000 and r["plot"].endswith(probe.PLOT_FILE)
+    assert "plot" not in r  # the report draws the figure from these numbers
     # eval rows are patient-disjoint from the training rows
     split = probe.resolve_split(ctx)
     pid = subset.table["patient_id"].to_numpy()
@@ -86,7 +86,7 @@ def test_probe_uses_a_given_training_manifest(cxr_manifest_path, subset, cache_d
     ctx.train_manifest = train
     r = probe.run(ctx, baseline=None)
     assert r["split"]["how"].startswith("training manifest") and r["n"] == len(subset)
-    assert r["split"]["n_train"] == len(train) and r["plot"] is None and "baseline" not in r
+    assert r["split"]["n_train"] == len(train) and "baseline" not in r
 
 
 def test_probe_skips_without_enough_positives(subset, cache_dir):

@@ -22,7 +22,6 @@ findings head (:mod:`cxrfm.inference.heads`) that ``serve`` answers with.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
 # A logistic regression on fewer positives (or negatives) than this is noise, not a measurement.
 MIN_TRAIN_POS = 3
-PLOT_FILE = "probe_label_efficiency.png"
 
 
 # ---------------------------------------------------------------- label subsets
@@ -147,40 +145,6 @@ def _headline(found: dict[str, dict], fractions: Sequence[float]) -> dict:
             "n_findings_within_source": n_within,
             "means_note": "per label fraction, the mean over the findings scored at that fraction (n_findings says "
                           "how many); fractions may average different findings"}
-
-
-def plot_label_efficiency(result: dict, path: str | Path) -> Path:
-    """Probe (solid) and from-scratch baseline (dashed) AUROC against the fraction of labels, per finding."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    colours = plt.get_cmap("tab10")
-    for i, (name, r) in enumerate(result["findings"].items()):
-        c = colours(i % 10)
-        for res, style, tag in ((r, "-", "probe"), (result.get("baseline", {}).get("findings", {}).get(name), "--",
-                                                     "scratch")):
-            if not res:
-                continue
-            pts = sorted((float(k), v) for k, v in res["auroc"].items() if v is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=c,
-                        label=f"{name} ({tag})")
-    ax.set_xscale("log")
-    ax.set_xticks(list(FRACTIONS), [f"{f:g}" for f in FRACTIONS])
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("fraction of training labels")
-    ax.set_ylabel("AUROC (eval split, pooled)")
-    ax.set_title("Label efficiency: linear probe on frozen embeddings vs from scratch", fontsize=9)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def probe_findings(
@@ -346,7 +310,7 @@ def save_probe_head(context: "EvalContext", split: TaskSplit, probes: dict[str, 
 def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
         baseline: BaselineSettings | None = BaselineSettings()) -> dict:
     """The ``probe`` task of the evaluation suite (see :mod:`cxrfm.tasks.suite`)."""
-    from .suite import TaskSkipped
+    from .registry import TaskSkipped
 
     rng = context.rng("probe")
     split = resolve_split(context)
@@ -391,9 +355,7 @@ def run(context: "EvalContext", fractions: Sequence[float] = FRACTIONS,
         out["baseline"] = _baseline(context, split, found, subsets, wanted, train_labels, eval_labels, pids, srcs,
                                     fractions, baseline, rng)
     out["head_file"] = save_probe_head(context, split, {f: p for f, p in probes.items() if f in found})
-    out_dir = getattr(context, "out_dir", None)
-    out["plot"] = str(plot_label_efficiency(out, Path(out_dir) / PLOT_FILE)) if out_dir is not None else None
-    return out
+    return out  # the label-efficiency figure is drawn by the report from these numbers (reporting.plots)
 
 
 # ---------------------------------------------------------------- registration (cxrfm.tasks.registry)

@@ -58,7 +58,7 @@ def patient_train_eval_rows(manifest: Manifest, eval_fraction: float, seed: int)
 def resolve_split(context: "EvalContext", eval_fraction: float = EVAL_FRACTION) -> TaskSplit:
     """The training manifest of ``context`` if it has one, else its ``split`` column, else a seeded
     patient-level split (``eval_fraction`` of rows to evaluation, stratified by source)."""
-    from .suite import TaskSkipped
+    from .registry import TaskSkipped
 
     manifest = context.manifest
     train = getattr(context, "train_manifest", None)

@@ -120,7 +120,7 @@ def zero_shot_auroc(
 
 def run(context: "EvalContext") -> dict:
     """The ``zeroshot`` task of the evaluation suite (see :mod:`cxrfm.tasks.suite`)."""
-    from .suite import TaskSkipped
+    from .registry import TaskSkipped
 
     manifest = context.manifest
     prompts = context.prompts
