@@ -180,6 +180,9 @@ def test_the_probe_task_saves_its_probes_into_the_served_findings_head(subset, c
         assert auroc(y_eval[k], got[k, findings.index(f)]) == pytest.approx(r["findings"][f]["auroc"]["1.0"])
 
 
-def test_no_run_folder_no_head(subset, cache_dir):
+def test_no_run_folder_or_no_prompts_no_head(subset, cache_dir, tmp_path):
     r = probe.run(_ctx(StandInModel(image_size=32), subset, cache_dir), baseline=None)
     assert r["head_file"] is None
+    # a run folder but no prompts: the findings head (prompt classifier + probes) cannot be built
+    r = probe.run(_ctx(StandInModel(image_size=32), subset, cache_dir, run_dir=tmp_path / "run"), baseline=None)
+    assert r["head_file"] is None and not (tmp_path / "run").exists()

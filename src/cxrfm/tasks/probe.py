@@ -295,6 +295,8 @@ def save_probe_head(context: "EvalContext", split: TaskSplit, probes: dict[str, 
     from ..inference.heads import FindingsHead, load_findings_head
 
     findings = [f for f in FINDINGS if f in context.prompts]  # the head serve and the report task build
+    if not any(f in findings for f in probes):
+        return None
     head = FindingsHead.zero_shot(context.model, findings, context.prompts, context.logit_scale)
     data_hash = split.train.content_hash()
     saved, _ = load_findings_head(context.run_dir, context.model, findings, context.prompts, context.logit_scale)
