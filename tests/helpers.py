@@ -118,7 +118,8 @@ def tiny_index(run: Path) -> Path:
 
     df = pd.read_csv(run.parent / "train_manifest.csv")
     emb = embed_images(load_model(run), list(df["image"])).numpy()
-    reports = [r if isinstance(r, str) and r.strip() else f"Labels: {lab}" for r, lab in zip(df["report"], df["labels"])]
+    reports = [r if isinstance(r, str) and r.strip() else f"Labels: {lab}"
+               for r, lab in zip(df["report"], df["labels"])]
     save_index(build_index(emb, [Path(p).name for p in df["image"]], reports, {"model": run.name}), out)
     return out
 

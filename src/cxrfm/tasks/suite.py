@@ -42,7 +42,8 @@ from ..data.findings import FINDINGS
 from ..data.schema import Manifest
 from ..errors import ConfigError, ManifestError, RunDirError
 from .embed import DualEncoderLike, ImageBatches, embed_images, open_image_cache
-from .registry import TaskSkipped, default_tasks, get_task, list_tasks, task_names  # noqa: F401 - TaskSkipped re-exported
+# TaskSkipped is re-exported: task modules raise it as `from .suite import TaskSkipped`
+from .registry import TaskSkipped, default_tasks, get_task, list_tasks, task_names  # noqa: F401
 
 RESULTS_FILE = "results.json"
 # CLIP's learned temperature is clamped at 100 (Radford et al. 2021); used when the model has none.

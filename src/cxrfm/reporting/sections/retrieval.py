@@ -14,7 +14,8 @@ def html(r: Mapping, assets: Assets) -> str:
         v = r.get(d)
         if not isinstance(v, Mapping):
             continue
-        cells = [f"#{fmt(v.get(f'recall@{k}'))} <small>(chance {fmt(v.get(f'chance@{k}'))})</small>" for k in (1, 5, 10)]
+        cells = [f"#{fmt(v.get(f'recall@{k}'))} <small>(chance {fmt(v.get(f'chance@{k}'))})</small>"
+                 for k in (1, 5, 10)]
         rows.append([{"image_to_text": "image &rarr; text", "text_to_image": "text &rarr; image"}[d], *cells,
                      f"#{esc(v.get('n', '?'))} over {esc(v.get('n_targets', '?'))}"])
     out = [f"<p>{esc(r.get('n_images', '?'))} images, {esc(r.get('n_texts', '?'))} distinct report texts; relevance: "

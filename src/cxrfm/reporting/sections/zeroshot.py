@@ -22,7 +22,8 @@ def html(r: Mapping, assets: Assets) -> str:
             "#" + fmt(v.get("auroc")) + f" <small>{ci_text(v.get('ci'))}</small>",
             f"#{esc(v.get('n_pos', '?'))} / {esc(v.get('n_neg', '?'))}", "#" + fmt(src)])
         classes.append("flag" if flagged else "")
-    out = [f"<p>Prompts: {esc(r.get('prompts', '?'))}; {esc(r.get('n_rows', '?'))} rows; CI: 95% patient bootstrap.</p>"]
+    out = [f"<p>Prompts: {esc(r.get('prompts', '?'))}; {esc(r.get('n_rows', '?'))} rows; "
+           f"CI: 95% patient bootstrap.</p>"]
     if rows:
         out.append(table(["finding", "within-source AUROC", "per source", "pooled AUROC [95% CI]", "n_pos / n_neg",
                            "source-only AUROC"], rows, classes))
