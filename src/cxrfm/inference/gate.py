@@ -1,48 +1,38 @@
-"""Is this image a chest radiograph at all? Zero-shot out-of-distribution (OOD) gating.
+"""Is this image a chest radiograph at all? The OOD gate, refusing what it cannot judge.
 
-A CXR model scores anything it is given: a photo of a cat gets a "Pneumothorax: 0.71" like any
-film. The gate refuses such inputs before they are scored. It combines up to three scores, each
-standardised on in-distribution (ID) chest radiographs, and thresholds their sum at a target
-true-positive rate (95 % of real CXRs pass, the FPR95 convention of the OOD literature):
+A CXR model scores anything it is given: a photo of a cat gets a "Pneumothorax: 0.71" like any film.
+The gate decides with a **model-free** check (:mod:`.gate_model_free`: image size, the source's colour,
+and image statistics fitted on real CXRs against many kinds of non-CXR images; parameters shipped with
+the package), so its guarantee does not rest on how well the network was trained. Beside it, and
+deciding nothing unless given a weight, are scores that depend on the model, each standardised on
+in-distribution (ID) chest radiographs (higher = more CXR-like):
 
-* **text** — NegLabel (Jiang et al., "Negative Label Guided OOD Detection with Pretrained
-  Vision-Language Models", ICLR 2024): the image's affinity to CXR prompts versus a large set of
-  negative labels (everyday concepts and other imaging studies, ``prompts/ood_labels.json``),
-  ``S = sum_i e^{cos(h, y_i)/tau} / (sum_i e^{cos(h, y_i)/tau} + sum_j e^{cos(h, y~_j)/tau})``.
-* **knn** — deep nearest neighbours (Sun et al., "Out-of-Distribution Detection with Deep Nearest
-  Neighbors", ICML 2022): cosine similarity of the L2-normalised image embedding to its k-th nearest
-  ID reference embedding (reference CXRs: by default the sample bundled with the package).
-* **pixels** — the same kNN in a model-free space of image statistics (a mean-centred 24 px
-  thumbnail and the grey-level histogram): cheap, and still meaningful when the model is tiny.
+* **text**: NegLabel (Jiang et al., ICLR 2024): the image's affinity to CXR prompts versus negative
+  labels (``prompts/ood_labels.json``); optionally adapted at test time as TANL does
+  (``test_time_update=True``, :mod:`cxrfm.inference.tanl`);
+* **knn**: deep nearest neighbours (Sun et al., ICML 2022): cosine similarity of the image embedding to
+  its k-th nearest ID reference embedding;
+* **pixels**: the same kNN in a space of pixel statistics (a thumbnail and the grey-level histogram).
 
-A dual encoder trained on a few hundred CXRs has seen no natural image, so its text affinities for
-non-CXR inputs are close to arbitrary and its embedding kNN is even inverted; measured per component
-by the ``ood`` task (:func:`cxrfm.tasks.ood.ood_task`) (figures at
-:data:`DEFAULT_WEIGHTS`), only the pixel term is on by default.
-Scores: higher = more like a chest radiograph.
-
-Optionally (``test_time_update=True``) the text component adapts its negative labels to the test
-stream as TANL does (Zhang et al., "Activation Matters: Test-time Activated Negative Labels for OOD
-Detection with Vision-Language Models", CVPR 2026, arXiv:2603.25250; reference code
-``openood/postprocessors/activated_neg_postprocessor_official.py`` of github.com/YBZh/OpenOOD-VLM):
-see :mod:`cxrfm.inference.tanl`.
-
-How well it separates is measured by the ``ood`` task (:mod:`cxrfm.tasks.ood`).
+``text`` and ``knn`` are always reported (``component_scores``) so a refusal shows what the model thought;
+a model component with a weight > 0 also decides (an image must pass both). How well each separates is
+measured by the ``ood`` task (:mod:`cxrfm.tasks.ood`) and ``benchmarks/ood_gate.py``.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..data.findings import FINDINGS
 from ..errors import ConfigError
+from .gate_model_free import ModelFreeGate, load_model_free_gate
 from .tanl import ActivatedNegativeLabels, TestTimeSettings, noise_images
 
 LABELS_PATH = Path(__file__).resolve().parent / "prompts" / "ood_labels.json"
@@ -141,34 +131,31 @@ def _as_tensors(images) -> list[torch.Tensor]:
 
 @dataclass
 class OODGate:
-    """Refuse images that are not chest radiographs; fit on ID chest radiographs at a target TPR.
+    """Refuse images that are not chest radiographs.
 
-    Components (higher = more CXR-like), each standardised on the fit set and averaged with
-    ``weights`` (a weight of 0 turns one off):
-
-    * ``text``: log NegLabel score of the image embedding (needs no reference);
-    * ``knn``: similarity to the k-th nearest reference image embedding (deep kNN);
-    * ``pixels``: similarity to the k-th nearest reference in :func:`pixel_features` space.
-
-    After :meth:`fit`, ``threshold`` is the score that a fraction ``tpr`` of the fit images reach
-    (scored leave-one-out, so the threshold is not optimistic).
+    The decision is the model-free check's (``model_free``, a :class:`ModelFreeGate`; the shipped one by
+    default): :meth:`combine` returns its margin, and ``threshold`` is 0. Model components (``text``,
+    ``knn``, ``pixels``) with a weight > 0 are standardised on the fit set, averaged with ``weights``,
+    and thresholded at ``model_threshold`` (the score a fraction ``tpr`` of the fit images reach, scored
+    leave-one-out); then an image must pass both, and :meth:`combine` is the smaller of the two margins.
+    ``model_free=None`` leaves the model components alone to decide (the old gate, for comparison).
 
     ``test_time_update=True`` turns the text component into TANL's (:class:`ActivatedNegativeLabels`,
-    settings in ``test_time``): every call of :meth:`component_scores` / :meth:`scores` /
-    :meth:`is_cxr` is one test batch that is scored and then updates bounded queues, so later scores
-    depend on what the gate has seen (:meth:`reset_memory` goes back to the state after :meth:`fit`).
-    The text component's standardisation and the threshold are those of the fit set under the
-    state after :meth:`fit`. Off by default: the gate is then stateless.
+    settings in ``test_time``): every call of :meth:`component_scores` / :meth:`scores` / :meth:`is_cxr`
+    is one test batch that is scored and then updates bounded queues (:meth:`reset_memory` goes back to
+    the state after :meth:`fit`). Off by default: the gate is then stateless.
     """
 
     model: object
     k: int = 5
     tau: float = 0.01
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    model_free: ModelFreeGate | None = field(default_factory=load_model_free_gate)
     reference: torch.Tensor | None = None  # (M, D) image embeddings of the fit CXRs
     reference_pixels: torch.Tensor | None = None  # (M, P) pixel features of the fit CXRs
     stats: dict = field(default_factory=dict)  # component -> (mean, std) on the fit set
-    threshold: float | None = None
+    threshold: float | None = None  # on combine(); 0.0 after fit
+    model_threshold: float | None = None  # on the weighted model components, when any has a weight
     tpr: float = TARGET_TPR
     test_time_update: bool = False
     test_time: TestTimeSettings = field(default_factory=TestTimeSettings)
@@ -178,24 +165,35 @@ class OODGate:
         if self.test_time_update and not self.weights.get("text", 0):
             raise ConfigError(f"OODGate(test_time_update=True) adapts the text component, which weights "
                               f"{self.weights} turn off; pass weights with a 'text' weight > 0")
+        if self.model_free is None and not self._deciding():
+            raise ConfigError(f"OODGate(model_free=None) with weights {self.weights}: nothing would decide; give "
+                              "a model component ('text', 'knn' or 'pixels') a weight > 0")
         self._pos_text, self._neg_text = _label_embeddings(self.model)
         self._fit_emb: torch.Tensor | None = None
 
+    def _deciding(self) -> list[str]:
+        """The model components with a weight > 0 (they decide beside the model-free check)."""
+        return [n for n in ("text", "knn", "pixels") if self.weights.get(n, 0)]
+
     # -- fitting
-    def fit(self, in_distribution, tpr: float = TARGET_TPR, progress: bool = False) -> "OODGate":
-        """Fit on ID chest radiographs: a sequence of (1, H, W) tensors or image paths."""
+    def fit(self, in_distribution, tpr: float = TARGET_TPR, progress: bool = False) -> OODGate:
+        """Fit the model components on ID chest radiographs: a sequence of (1, H, W) tensors or paths.
+
+        The model-free check is not refitted here (its parameters ship with the package)."""
         images = _as_tensors(in_distribution)
         if len(images) < 2 * self.k:
             raise ConfigError(f"the OOD gate needs at least {2 * self.k} in-distribution CXRs to fit, got "
                               f"{len(images)}; give a larger reference manifest")
         self.reference = embed_images(self.model, images, progress=progress)
-        self.reference_pixels = pixel_features(images)
+        self.reference_pixels = pixel_features(images) if self.weights.get("pixels", 0) else None
         self._fit_emb = self.reference
         self.reset_memory()
         comps = self._components(self.reference, self.reference_pixels, exclude_self=True)
         self.stats = {name: (float(v.mean()), float(v.std().clamp_min(1e-6))) for name, v in comps.items()}
         self.tpr = tpr
-        self.threshold = float(torch.quantile(self.combine(comps), 1.0 - tpr))
+        self.model_threshold = (float(torch.quantile(self._model_score(comps), 1.0 - tpr)) if self._deciding()
+                                else None)
+        self.threshold = 0.0
         return self
 
     def reset_memory(self) -> None:
@@ -212,57 +210,82 @@ class OODGate:
     # -- scoring
     def _components(self, emb: torch.Tensor, pix: torch.Tensor | None, exclude_self: bool = False,
                     update: bool = False) -> dict[str, torch.Tensor]:
+        """The model components: text and knn always (reported), pixels when it has a weight."""
         comps = {}
-        if self.weights.get("text", 0) and self.tanl is not None:
+        if self.tanl is not None:
             comps["text"] = self.tanl.score_and_update(emb) if update else self.tanl.score(emb)
-        elif self.weights.get("text", 0):
+        else:
             comps["text"] = neglabel_scores(emb, self._pos_text, self._neg_text, self.tau)
-        if self.weights.get("knn", 0):
-            comps["knn"] = knn_scores(emb, self.reference, self.k, exclude_self=exclude_self)
+        comps["knn"] = knn_scores(emb, self.reference, self.k, exclude_self=exclude_self)
         if self.weights.get("pixels", 0) and pix is not None:
             comps["pixels"] = knn_scores(pix, self.reference_pixels, self.k, exclude_self=exclude_self)
         return comps
 
+    def _model_score(self, comps: dict[str, torch.Tensor]) -> torch.Tensor:
+        names = self._deciding()
+        total = sum(self.weights[n] * (comps[n] - self.stats[n][0]) / self.stats[n][1] for n in names)
+        return total / sum(self.weights[n] for n in names)
+
     def combine(self, comps: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = torch.zeros_like(next(iter(comps.values())))
-        for name, v in comps.items():
-            mean, std = self.stats[name]
-            total = total + self.weights[name] * (v - mean) / std
-        return total / sum(self.weights[n] for n in comps)
+        """The decision score (N,) from :meth:`component_scores`' output; ``>= threshold`` (0) passes."""
+        parts = []
+        if self.model_free is not None:
+            parts.append(comps["model_free"].float())
+        if self._deciding():
+            parts.append((self._model_score(comps) - self.model_threshold).float())
+        return torch.stack(parts).min(0).values
 
     def _check_fitted(self) -> None:
-        if not self.stats:
+        if self.threshold is None:
             raise ConfigError("the OOD gate is not fitted: call OODGate.fit(in_distribution_cxrs) first")
 
-    def component_scores(self, images, emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Each raw component for a sequence of (1, H, W) images (``emb``: their embeddings, if known).
+    def component_scores(self, images, emb: torch.Tensor | None = None, sources=None) -> dict[str, torch.Tensor]:
+        """Each raw component for a sequence of (1, H, W) images (``emb``: their embeddings, if known;
+        ``sources``: each image's bytes, path or RGB array, for the colour check, or None).
 
-        With ``test_time_update`` the images are one test batch: scored, then folded into the memory."""
+        ``model_free`` is the model-free margin (>= 0: a chest film). With ``test_time_update`` the
+        images are one test batch: scored, then folded into the memory."""
         self._check_fitted()
+        if sources is None:
+            sources = [x if isinstance(x, (str, Path)) else None for x in images]
         images = _as_tensors(images)
         emb = embed_images(self.model, images) if emb is None else emb.float().reshape(len(images), -1)
-        return self._components(emb, pixel_features(images), update=True)
+        pix = pixel_features(images) if self.weights.get("pixels", 0) else None
+        comps = self._components(emb, pix, update=True)
+        if self.model_free is not None:
+            comps["model_free"] = torch.from_numpy(self.model_free.margins(images, sources)).float()
+        return comps
 
-    def scores(self, images, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, images, emb: torch.Tensor | None = None, sources=None) -> torch.Tensor:
         """Gate scores (N,); ``>= threshold`` means chest radiograph."""
-        return self.combine(self.component_scores(images, emb))
+        return self.combine(self.component_scores(images, emb, sources))
 
-    def is_cxr(self, image: torch.Tensor, emb: torch.Tensor | None = None) -> tuple[bool, float]:
-        """(passes the gate, score) for one (1, H, W) image in [0, 1] (``emb``: its embedding, if known)."""
-        s = float(self.scores([image], emb)[0])
+    def is_cxr(self, image: torch.Tensor, emb: torch.Tensor | None = None, source=None) -> tuple[bool, float]:
+        """(passes the gate, score) for one (1, H, W) image in [0, 1] (``emb``: its embedding, if known;
+        ``source``: its bytes, path or RGB array, so the colour check can run)."""
+        s = float(self.scores([image], emb, None if source is None else [source])[0])
         return s >= self.threshold, s
 
+    def verdict(self, image: torch.Tensor, emb: torch.Tensor | None = None, source=None) -> dict:
+        """What :meth:`is_cxr` decides, with why: {"passed", "score", "threshold", "reason",
+        "model_free": the model-free verdict, "components": every component's raw value}."""
+        comps = self.component_scores([image], emb, None if source is None else [source])
+        score = float(self.combine(comps)[0])
+        mf = self.model_free.verdict(image, source) if self.model_free is not None else None
+        reason = None
+        if score < self.threshold:
+            reason = (mf["reason"] if mf is not None and not mf["passed"]
+                      else "the model's own score is below its threshold (components: "
+                           f"{', '.join(self._deciding())})")
+        return {"passed": score >= self.threshold, "score": score, "threshold": self.threshold, "reason": reason,
+                "model_free": mf, "components": {k: float(v[0]) for k, v in comps.items()}}
 
-# Measured with ood_task (300 held-out CXRs vs 40 non-CXR images, reference = 200 bundled-sample CXRs):
-#   tiny-cpu, 1 epoch on 120 CXRs:  pixels 0.987 (FPR95 0.075), text 0.60, knn 0.25, pixels+text 0.989
-#   tiny-cpu, 3 epochs on 600 CXRs: pixels 0.988 (FPR95 0.075), text 0.47, knn 0.28, pixels+text 0.971
-# TANL test-time update (test_time_update=True, default TestTimeSettings, stream shuffled with seed 0), same
-# split, tiny-cpu 1 epoch on 100 CXRs (the test suite's run): text 0.550 -> 0.563 (FPR95 1.0 both),
-# pixels+text 0.9876 -> 0.9875 (FPR95 0.025 both): no gain, as the text score it adapts is near chance.
-# Tiny CXR-only models map non-CXRs into a dense cluster of their space (kNN is inverted) and their
-# text affinities are unstable, so only the model-free term is on by default; the others remain
-# available through ``weights`` for models trained on more data.
-DEFAULT_WEIGHTS = {"text": 0.0, "knn": 0.0, "pixels": 1.0}
+
+# The model components decide nothing by default: on a model trained on a few hundred CXRs they are
+# weak and even inverted (measured by the ood task: text AUROC ~0.5-0.6, knn ~0.25-0.3 on the tiny
+# runs), and the gate's guarantee must not rest on training. They are reported beside the model-free
+# verdict; give one a weight to make it decide too.
+DEFAULT_WEIGHTS = {"text": 0.0, "knn": 0.0, "pixels": 0.0}
 
 
 @functools.lru_cache(maxsize=8)
@@ -310,16 +333,17 @@ def default_gate(model) -> OODGate:
 _DEFAULT_GATES: dict[int, tuple[object, OODGate]] = {}
 
 
-def ood_score(image: torch.Tensor, model=None, gate: OODGate | None = None) -> float:
+def ood_score(image: torch.Tensor, model=None, gate: OODGate | None = None, source=None) -> float:
     """How much ``image`` (1, H, W) in [0, 1] looks like a chest radiograph; higher = more CXR-like.
 
     The score of ``gate``, or of :func:`default_gate` (the server's default gate, fitted on the bundled
     sample) when none is given: compare it with that gate's ``threshold``. ``model`` is a loaded model,
-    a run directory, or None for ``$CXRFM_MODEL`` (loaded once, cached).
+    a run directory, or None for ``$CXRFM_MODEL`` (loaded once, cached). ``source`` (the image's bytes,
+    path or RGB array) lets the gate check colour, which the grey ``image`` no longer shows.
     """
     if gate is None:
         gate = default_gate(_resolve_model(model))
-    return gate.is_cxr(image)[1]
+    return gate.is_cxr(image, source=source)[1]
 
 
 # ---------------------------------------------------------------- image sources

@@ -1,23 +1,32 @@
 """The ``ood`` evaluation: how well the gate (:mod:`cxrfm.inference.gate`) tells chest radiographs
-from other images, on held-out CXRs versus non-CXR images from installed packages.
+from other images, on held-out CXRs versus non-CXR images.
 
-Non-CXR evaluation images come from installed packages, never copied into the repository: the
-DICOM test files of ``pydicom-data`` (CT, MR, US, NM, a CR of an extremity, secondary captures) and
-the natural images bundled with scikit-image (``skimage.data``).
+The non-CXR images (:mod:`cxrfm.tasks.ood_sources`) come from installed packages (scikit-image,
+matplotlib, pydicom and pydicom-data test files), never copied into the repository, and from seeded
+synthetic families (noise, gradients, checkerboards, text, blank images). The results name the
+model-free check's figures as such (``model_free_auroc``) and put the model-dependent scores beside
+them (``model_auroc``: deep kNN on the model's embedding; ``model_auroc_text``: NegLabel), so that no
+model takes credit for a figure it did not earn.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+from collections import Counter
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 
-from ..errors import ImageReadError
-from ..inference.gate import (DEFAULT_WEIGHTS, TARGET_TPR, OODGate, _as_tensors,  # noqa: F401 - re-exported
-                              default_gate, default_reference_images, ood_score, reference_images_from_manifest)
+from ..inference.gate import (  # noqa: F401 - re-exported
+    DEFAULT_WEIGHTS,
+    TARGET_TPR,
+    OODGate,
+    _as_tensors,
+    default_gate,
+    default_reference_images,
+    ood_score,
+    reference_images_from_manifest,
+)
 from ..inference.tanl import TestTimeSettings
 from ..metrics import auroc as metrics_auroc
 from ..metrics import bootstrap_ci
@@ -33,14 +42,15 @@ def _auroc_fpr95(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[float, 
 
 
 def _stream_component_scores(gate: OODGate, in_images: list, out_images: list, batch_size: int,
-                             rng: np.random.Generator) -> tuple[dict, dict]:
+                             rng: np.random.Generator, sources: list) -> tuple[dict, dict]:
     """Score CXRs and non-CXRs as one shuffled test stream in batches (how TANL is evaluated: the
     queues see both kinds in a random order), then split the scores back per kind."""
     images = in_images + out_images
     order = rng.permutation(len(images))
     parts: list[dict[str, torch.Tensor]] = []
     for i in range(0, len(order), batch_size):
-        parts.append(gate.component_scores([images[j] for j in order[i:i + batch_size]]))
+        idx = order[i:i + batch_size]
+        parts.append(gate.component_scores([images[j] for j in idx], sources=[sources[j] for j in idx]))
     inverse = np.argsort(order)
     comps = {name: torch.cat([p[name] for p in parts])[torch.from_numpy(inverse)] for name in parts[0]}
     n_in = len(in_images)
@@ -49,33 +59,45 @@ def _stream_component_scores(gate: OODGate, in_images: list, out_images: list, b
 
 def ood_task(model, in_images, out_images, reference=None, k: int = 5, weights: dict | None = None,
              n_boot: int = 1000, rng: np.random.Generator | None = None, progress: bool = False,
-             test_time_update: bool = False, test_time: TestTimeSettings | None = None) -> dict:
+             test_time_update: bool = False, test_time: TestTimeSettings | None = None,
+             out_sources: list | None = None) -> dict:
     """AUROC and FPR at 95 % TPR of the gate: held-out CXRs (positive) versus non-CXR images.
 
-    Images are (1, H, W) tensors or paths. ``reference`` (ID CXRs) fits the gate; when None, half of
-    ``in_images`` (drawn with ``rng``) fits it and the other half is scored. Per-component figures are
-    included (``auroc_text``, ``auroc_knn``, ``auroc_pixels``) so each term's contribution is visible.
-    ``test_time_update`` (needs a text weight): the gate's text component adapts as TANL does, and the
-    held-out and non-CXR images are scored as one stream shuffled with ``rng``, ``test_time.batch_size``
-    images per update.
+    Images are (1, H, W) tensors or paths (a path is also its own colour source); ``out_sources``: each
+    non-CXR image's RGB array / bytes / path or None, so the colour check sees what a server given the
+    file would. ``reference`` (ID CXRs) fits the model components; when None, half of ``in_images``
+    (drawn with ``rng``) fits them and the other half is scored.
+
+    ``auroc`` / ``fpr95`` / ``*_at_gate`` are the gate's decision score (with default weights: the
+    model-free check alone); ``model_free_*`` the model-free check's own (``model_free_refusal``: share
+    of non-CXRs it refuses, ``model_free_false_refusal``: share of CXRs it refuses, at its shipped
+    threshold); ``model_auroc`` / ``model_auroc_text`` the model's embedding kNN and NegLabel scores.
+    ``test_time_update`` (needs a text weight): TANL's text component; the held-out and non-CXR images
+    are then scored as one stream shuffled with ``rng``, ``test_time.batch_size`` images per update.
     """
+    in_paths = [x if isinstance(x, (str, Path)) else None for x in in_images]
     in_images, out_images = _as_tensors(in_images), _as_tensors(out_images)
     rng = rng or np.random.default_rng(0)
     if reference is None:
         perm = rng.permutation(len(in_images))
         half = len(in_images) // 2
-        reference, in_images = [in_images[i] for i in perm[:half]], [in_images[i] for i in perm[half:]]
+        reference = [in_images[i] for i in perm[:half]]
+        in_images, in_paths = [in_images[i] for i in perm[half:]], [in_paths[i] for i in perm[half:]]
     settings = test_time or TestTimeSettings()
     gate = OODGate(model, k=k, weights=dict(weights or DEFAULT_WEIGHTS), test_time_update=test_time_update,
                    test_time=settings).fit(reference, progress=progress)
     res = {"n_in": len(in_images), "n_out": len(out_images),
-           "prevalence": len(in_images) / max(1, len(in_images) + len(out_images))}
+           "prevalence": len(in_images) / max(1, len(in_images) + len(out_images)),
+           "decision": "model_free" + "".join(f" + {n}" for n in gate._deciding())}
+    out_sources = out_sources if out_sources is not None else [None] * len(out_images)
     if test_time_update:
-        c_in, c_out = _stream_component_scores(gate, in_images, out_images, settings.batch_size, rng)
+        c_in, c_out = _stream_component_scores(gate, in_images, out_images, settings.batch_size, rng,
+                                               in_paths + list(out_sources))
         res["test_time_update"] = {"method": "TANL (Zhang et al., CVPR 2026)", "n_updates": gate.tanl.n_updates,
                                    "memory_rows": gate.tanl.memory_rows(), **dataclasses.asdict(settings)}
     else:
-        c_in, c_out = gate.component_scores(in_images), gate.component_scores(out_images)
+        c_in = gate.component_scores(in_images, sources=in_paths)
+        c_out = gate.component_scores(out_images, sources=list(out_sources))
     s_in, s_out = gate.combine(c_in).numpy(), gate.combine(c_out).numpy()
     res["auroc"], res["fpr95"] = _auroc_fpr95(s_in, s_out)
     # each image its own group: the non-CXR images have no patients, and the held-out CXRs are
@@ -86,14 +108,13 @@ def ood_task(model, in_images, out_images, reference=None, k: int = 5, weights: 
     res["fpr_at_gate"] = float(np.mean(s_out >= gate.threshold))
     for name in c_in:
         res[f"auroc_{name}"], res[f"fpr95_{name}"] = _auroc_fpr95(c_in[name].numpy(), c_out[name].numpy())
+    mf_in, mf_out = c_in["model_free"].numpy(), c_out["model_free"].numpy()
+    res["model_free_auroc"], res["model_free_fpr95"] = res["auroc_model_free"], res["fpr95_model_free"]
+    res["model_free_refusal"] = float(np.mean(mf_out < 0))
+    res["model_free_false_refusal"] = float(np.mean(mf_in < 0))
+    res["model_auroc"], res["model_auroc_text"] = res["auroc_knn"], res["auroc_text"]
+    res["model_free_provenance"] = gate.model_free.provenance if gate.model_free is not None else None
     return res
-
-
-def _thumb_key(img: torch.Tensor) -> str:
-    from ..data.images import letterbox
-
-    t = (letterbox(img, 16) * 15).round().to(torch.uint8).numpy().tobytes()
-    return hashlib.sha1(t).hexdigest()
 
 
 def pydicom_data_dir() -> Path | None:
@@ -107,41 +128,16 @@ def pydicom_data_dir() -> Path | None:
 
 
 def non_cxr_images(limit: int | None = None) -> list[tuple[str, torch.Tensor]]:
-    """Non-chest-radiograph images from installed packages, as (name, (1, H, W) tensor in [0, 1]).
-
-    pydicom-data DICOMs whose header does not say CHEST (single-frame ones; multi-frame volumes are
-    refused by the reader) and skimage.data's bundled images; exact duplicates (the same picture in
-    several encodings) are kept once.
-    """
-    import pydicom
-
-    from ..data.images import read_image
-
-    out: list[tuple[str, torch.Tensor]] = []
-    seen: set[str] = set()
-
-    def add(name: str, img: torch.Tensor) -> None:
-        key = _thumb_key(img)
-        if key not in seen:
-            seen.add(key)
-            out.append((name, img))
-
-    d = pydicom_data_dir()
-    for f in sorted(d.glob("*.dcm")) if d else []:
-        try:
-            hdr = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-            if str(hdr.get("BodyPartExamined", "")).upper() == "CHEST" or hdr.get("Modality") == "SEG":
-                continue
-            add(f"pydicom-data/{f.name}", read_image(f))
-        except (ImageReadError, Exception):  # noqa: BLE001 - a test file the reader refuses is skipped
-            continue
-    out.extend(_skimage_images(seen))
+    """Every non-CXR image of :func:`cxrfm.tasks.ood_sources.all_non_cxr` as ("family/name", (1, H, W)
+    tensor in [0, 1]); :func:`non_cxr_items` keeps their colour and validation/test part too."""
+    out = [(f"{it.family}/{it.name}", it.gray) for it in non_cxr_items()]
     return out[:limit] if limit else out
 
 
-_SKIMAGE_NAMES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "clock", "coffee", "coins",
-                  "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
-                  "microaneurysms", "moon", "page", "retina", "rocket", "shepp_logan_phantom", "text")
+def non_cxr_items() -> list:
+    from .ood_sources import all_non_cxr
+
+    return all_non_cxr()
 
 
 def skimage_image(name: str) -> torch.Tensor:
@@ -161,18 +157,6 @@ def skimage_image(name: str) -> torch.Tensor:
     return torch.from_numpy(np.clip(arr, 0, 1)).unsqueeze(0)
 
 
-def _skimage_images(seen: set[str]) -> Iterable[tuple[str, torch.Tensor]]:
-    for name in _SKIMAGE_NAMES:
-        try:
-            img = skimage_image(name)
-        except Exception:  # noqa: BLE001 - an image that needs a download is skipped (offline)
-            continue
-        key = _thumb_key(img)
-        if key not in seen:
-            seen.add(key)
-            yield f"skimage.data/{name}", img
-
-
 # ---------------------------------------------------------------- suite task
 def run(context) -> dict:
     """The ``ood`` task of ``cxrfm eval``: held-out CXRs of the eval split vs installed non-CXR images.
@@ -186,7 +170,8 @@ def run(context) -> dict:
 
     split = resolve_split(context)
     rng = context.rng("ood")
-    out_images = [img for _, img in non_cxr_images()]
+    items = non_cxr_items()
+    out_images, out_sources = [it.gray for it in items], [it.rgb for it in items]
     if len(out_images) < 10:
         raise TaskSkipped(f"only {len(out_images)} non-CXR images found (pydicom-data and scikit-image "
                           "provide them; install the `eval` extra)")
@@ -201,16 +186,17 @@ def run(context) -> dict:
     held = frontal_paths(context.manifest, split.eval_rows, 300)
     if len(ref) < 20 or len(held) < 10:
         raise TaskSkipped(f"too few CXRs to fit and score the gate ({len(ref)} reference, {len(held)} held out)")
-    res = ood_task(context.model, [read_image(p) for p in held], out_images, reference=[read_image(p) for p in ref],
-                   n_boot=context.n_boot,
-                   rng=rng, progress=context.progress)
+    res = ood_task(context.model, held, out_images, reference=[read_image(p) for p in ref], n_boot=context.n_boot,
+                   rng=rng, progress=context.progress, out_sources=out_sources)
     res["split"] = split.describe()
-    res["out_sources"] = "pydicom-data DICOMs (non-chest) + scikit-image bundled images"
+    res["out_sources"] = ("cxrfm.tasks.ood_sources: scikit-image, matplotlib, pydicom and pydicom-data test "
+                          "images (non-chest) + seeded synthetic families; "
+                          + ", ".join(f"{f} {n}" for f, n in sorted(Counter(it.family for it in items).items())))
     return res
 
 
 # ---------------------------------------------------------------- registration (cxrfm.tasks.registry)
-from .registry import Task, register_task  # noqa: E402 - registration goes last, after run() exists
+from .registry import Task, register_task
 
 register_task(Task(
     name="ood", run=run, title="Out-of-distribution gate", needs=(),
