@@ -423,8 +423,14 @@ def _add_pretrain(sub):
                "--epochs 10 --out runs/proto\n"
                "  cxrfm pretrain --data data/manifest.csv --curate none --out runs/full --set image_size=64\n"
                "  torchrun --nproc-per-node 2 -m cxrfm pretrain --data data/manifest.csv --out runs/ddp")
-    p.add_argument("--data", required=True, type=Path, help="manifest (.csv/.parquet) of image-report pairs")
+    p.add_argument("--data", required=True, type=Path,
+                   help="manifest (.csv/.parquet) of image-report pairs, or a folder written by `cxrfm shard` "
+                        "(streamed: each rank and loader worker reads its own shards; docs/scale.md)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write (or to continue with --resume)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --data SHARDS: loader processes per rank (default 0: decode in the training process)")
+    p.add_argument("--shuffle-buffer", type=int, default=None,
+                   help="with --data SHARDS: samples in each worker's shuffle buffer (default 1000)")
     p.add_argument("--config", default="tiny-cpu",
                    help=f"a preset ({', '.join(list_presets())}) or a config JSON / run folder (default tiny-cpu)")
     p.add_argument("--curate", default="balanced", choices=list_curators(),
@@ -461,7 +467,9 @@ def _run_pretrain(args) -> int:
                    epochs=args.epochs, seed=args.seed, resume=args.resume, text_style=args.text_style,
                    overrides=_parse_key_values(args.overrides, "--set"),
                    curator_kwargs=_parse_key_values(args.curator_options, "--curator-option"),
-                   progress=args.progress, cache_dir=args.cache_dir)
+                   progress=args.progress, cache_dir=args.cache_dir,
+                   stream={k: v for k, v in (("workers", args.workers), ("shuffle_buffer", args.shuffle_buffer))
+                           if v is not None})
     if int(os.environ.get("RANK", "0")) == 0:
         run = RunDir(out)
         info, status = run.read_curation() or {}, run.status()
@@ -500,3 +508,39 @@ def _run_score_reports(args) -> int:
 
 
 _EXTRA_COMMANDS.append(_add_score_reports)
+
+
+# ---------------------------------------------------------------- shard
+def _add_shard(sub):
+    p = sub.add_parser(
+        "shard", help="pack a manifest's images and metadata into tar shards for streamed pretraining",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write OUT/shard-NNNNNN.tar in the WebDataset layout (per sample <key>.png, letterboxed to "
+                    "--size and stored as 8-bit grey, then <key>.json: row, id, patient, source, report, labels), "
+                    "OUT/manifest.parquet (the rows in shard order) and OUT/index.json (per shard: count, first row, "
+                    "bytes, sha256), written last. `cxrfm pretrain --data OUT` streams them.",
+        epilog="examples:\n"
+               "  cxrfm shard data/manifest.csv --out data/shards --size 256 --per-shard 2000\n"
+               "  torchrun --nproc-per-node 8 -m cxrfm pretrain --data data/shards --workers 8 --config base-gpu "
+               "--out runs/big")
+    p.add_argument("manifest", type=Path, help="manifest (.csv/.parquet) of image-report pairs")
+    p.add_argument("--out", required=True, type=Path, help="new folder for the shards")
+    p.add_argument("--size", type=int, default=256,
+                   help="side of the stored square images in pixels (default 256; training resizes to its size)")
+    p.add_argument("--per-shard", type=int, default=2000,
+                   help="samples per shard (default 2000: ~60-100 MB at 256 px; use at least ranks x workers shards)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_shard)
+
+
+def _run_shard(args) -> int:
+    from .data.shards import ShardSet, write_shards
+
+    out = write_shards(args.manifest, args.out, size=args.size, per_shard=args.per_shard, progress=args.progress)
+    shards = ShardSet.open(out)
+    print(f"{out}: {shards.n_samples} samples in {len(shards.shards)} shards of <= {args.per_shard} at "
+          f"{shards.size} px")
+    return 0
+
+
+_EXTRA_COMMANDS.append(_add_shard)

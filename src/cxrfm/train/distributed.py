@@ -130,3 +130,27 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, find_unused: bool = False
     # gradient_as_bucket_view: grads live in DDP's buckets (no copy, and no layout mismatch warning
     # for depthwise-conv grads).
     return DDP(model, device_ids=ids, find_unused_parameters=find_unused, gradient_as_bucket_view=True)
+
+
+def gather_rows(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate equal-shaped (n, ...) tensors of all ranks in rank order, without gradient."""
+    if not ctx.enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(ctx.world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)  # (world * n, ...)
+
+
+def agree(value: str, ctx: DistContext, what: str) -> None:
+    """Raise on every rank unless all ranks hold the same ``value`` (e.g. the digest of the data they read)."""
+    if not ctx.enabled:
+        return
+    from ..errors import ConfigError
+
+    values: list = [None] * ctx.world
+    dist.all_gather_object(values, str(value))
+    if len(set(values)) > 1:
+        bad = [r for r, v in enumerate(values) if v != values[0]]
+        raise ConfigError(f"ranks disagree on {what}: rank 0 has {values[0]}, rank(s) {bad} have "
+                          f"{', '.join(values[r] for r in bad)}; every rank must read the same files (a shared "
+                          f"file system, or the same copy on every node)")

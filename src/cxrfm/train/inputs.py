@@ -37,14 +37,7 @@ class PairInputs:
 
     def prepare(self, cache_dir, progress: bool) -> None:
         """Build (or open) the image cache, cache frozen text features, measure FLOPs once per run."""
-        from ..data.cache import ImageCache
-
-        size = self.model.image_size
-        if self.ctx.is_main:
-            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=cache_dir, progress=progress)
-        barrier(self.ctx)
-        if not self.ctx.is_main:  # the cache exists now: building is a no-op that opens it
-            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=cache_dir)
+        self.open_images(cache_dir, progress)
         if self.model.text.frozen:
             self.text_feats = self.frozen_text_features(self.unique_texts)
             # The caching pass is one pass per unique text for the whole run: a resumed run computes it
@@ -58,6 +51,17 @@ class PairInputs:
             sample = self.unique_texts[:4]
             self.acc.text_flops_per_sample = measure_forward_flops(self.model.text_features, sample) / len(sample)
             self.model.train()
+
+    def open_images(self, cache_dir, progress: bool) -> None:
+        """The decoded-image cache of the manifest (built by the main rank, opened by the others)."""
+        from ..data.cache import ImageCache
+
+        size = self.model.image_size
+        if self.ctx.is_main:
+            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=cache_dir, progress=progress)
+        barrier(self.ctx)
+        if not self.ctx.is_main:  # the cache exists now: building is a no-op that opens it
+            self.cache = ImageCache.build(self.manifest, size=size, cache_dir=cache_dir)
 
     def frozen_text_features(self, texts: list[str]) -> torch.Tensor:
         """(U, H) pooled outputs of the frozen text backbone for ``texts``.
@@ -107,8 +111,16 @@ class PairInputs:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def pixels(self, idx: np.ndarray) -> torch.Tensor:
+        """(B, 1, S, S) float32 in [0, 1] of curator rows ``idx``, on the CPU."""
+        return self.cache.batch(self.rows[idx])
+
     def images(self, idx: np.ndarray, theta: torch.Tensor | None) -> torch.Tensor:
-        x = self.cache.batch(self.rows[idx])  # (B, 1, S, S) in [0, 1]
+        x = self.pixels(idx)  # (B, 1, S, S) in [0, 1]
+        return self.place(x, theta)
+
+    def place(self, x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        """Augment CPU pixels (B, 1, S, S) under ``theta`` and move them to the run's device."""
         if theta is not None:
             x = apply_affine(x, theta)
         return x.to(self.ctx.device, non_blocking=True)

@@ -43,19 +43,21 @@ import torch.nn.functional as F
 from .. import __version__
 from ..config import ModelConfig, TrainConfig, load_config
 from ..data.schema import Manifest
+from ..data.shards import is_shard_folder
 from ..errors import ConfigError, ManifestError
 from ..run import RunDir
 from .accounting import Accounting, epoch_batch_sizes
 from .augment import apply_affine, batch_seed, random_affine  # noqa: F401  (apply_affine: public here too)
 from .checkpoint import check_run_dir, load_checkpoint, normalise, save_checkpoint, write_run_config
 from .curation import CurationContext, Curator, curator_class
-from .distributed import DistContext, any_rank, barrier, gather_with_grad, init_distributed, shard, shutdown, wrap_ddp
+from .distributed import (DistContext, any_rank, barrier, gather_with_grad, init_distributed, mean_over_ranks, shard,
+                          shutdown, wrap_ddp)
 from .inputs import PairInputs
 from .interrupts import CheckpointSchedule, StopRequest
-from .losses import contrastive_loss
+from .losses import contrastive_loss, local_contrastive_loss
+from .optim import NO_DECAY, learning_rate, make_optimizer  # noqa: F401  (NO_DECAY: public here too)
 from .records import MetricsLog, new_epoch_stats, write_curation, write_debug_fingerprint
 
-NO_DECAY = ("log_scale", "logit_bias")
 
 
 class TrainingDivergedError(ConfigError):
@@ -66,7 +68,7 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
              budget: float = 0.2, epochs: int | None = None, seed: int = 0, resume: bool = False,
              text_style: str = "template", overrides: dict | None = None, curator_kwargs: dict | None = None,
              progress: bool = True, cache_dir: str | Path | None = None, *,
-             max_steps: int | None = None) -> Path:
+             max_steps: int | None = None, stream: dict | None = None) -> Path:
     """Pretrain a dual encoder on ``data`` (a manifest or its path) into the run dir ``out``.
 
     ``config`` is a preset name or JSON path, ``overrides`` replaces config fields, ``epochs`` overrides
@@ -75,6 +77,9 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
     ``split == "train"`` are used when the manifest has a ``split`` column. ``resume`` continues the
     run in ``out`` from its last checkpoint (a finished run is left as is). ``max_steps`` stops after
     that many steps of this call with a checkpoint, as SIGINT/SIGTERM do (for time-boxed jobs).
+    ``data`` may also be a folder written by ``cxrfm shard``: it is streamed (:mod:`.stream`), and
+    ``stream`` holds the options of :class:`~cxrfm.train.stream.StreamPretraining` (``workers``,
+    ``shuffle_buffer``).
 
     Writes ``out/config.json``, ``model.safetensors``, ``status.json``, ``training_data.json``,
     ``metrics.jsonl``, ``curation.json`` and ``state/`` (:class:`cxrfm.run.RunDir`); returns ``out``.
@@ -83,8 +88,17 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
     """
     ctx = init_distributed()
     try:
-        run = Pretraining(data, Path(out), config, curate, budget, epochs, int(seed), bool(resume),
-                          text_style, overrides or {}, dict(curator_kwargs or {}), progress, cache_dir, ctx)
+        args = (Path(out), config, curate, budget, epochs, int(seed), bool(resume), text_style, overrides or {},
+                dict(curator_kwargs or {}), progress, cache_dir, ctx)
+        if not isinstance(data, Manifest) and is_shard_folder(data):
+            from .stream import StreamPretraining
+
+            run = StreamPretraining(data, *args, **(stream or {}))
+        else:
+            if stream:
+                raise ConfigError(f"{data}: stream options ({', '.join(sorted(stream))}) apply to a folder written "
+                                  f"by `cxrfm shard`, not to a manifest")
+            run = Pretraining(data, *args)
         return run.run(max_steps=max_steps)
     finally:
         shutdown(ctx)
@@ -143,7 +157,8 @@ class Pretraining:
         self.identity = normalise({
             "model_requested": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
             "data_hash": self.manifest.content_hash(), "n_rows": self.n, "curate": curate, "budget": budget,
-            "seed": seed, "text_style": text_style, "curator_kwargs": curator_kwargs, "cxrfm_version": __version__})
+            "seed": seed, "text_style": text_style, "curator_kwargs": curator_kwargs, "cxrfm_version": __version__,
+            **self.extra_identity()})
         self.has_state = check_run_dir(self.run_dir, self.identity, resume)
         if resume and not self.has_state and ctx.is_main:
             print(f"pretrain: {out} holds no checkpoint yet; starting from step 0", file=sys.stderr)
@@ -167,23 +182,21 @@ class Pretraining:
             trainer, cur_state = load_checkpoint(self.run_dir, self.model, self.optimizer)
             self.curator.load_state_dict(cur_state)
             self._load_trainer(trainer)
-        self.inputs = PairInputs(self.model, train_cfg, ctx, self.manifest, self.rows, texts, text_id, unique_texts,
-                                 self.acc)
+        self.inputs = self.make_inputs(texts, text_id, unique_texts)
         self.metrics = MetricsLog(self.run_dir, ctx.is_main)
         self.cache_dir = cache_dir
 
     # ------------------------------------------------------------------ setup pieces
+    def extra_identity(self) -> dict:
+        """Settings beyond the common ones that a resume must match (streamed data adds its own)."""
+        return {}
+
+    def make_inputs(self, texts: list[str], text_id: np.ndarray, unique_texts: list[str]) -> PairInputs:
+        return PairInputs(self.model, self.train_cfg, self.ctx, self.manifest, self.rows, texts, text_id,
+                          unique_texts, self.acc)
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            # Decoupled weight decay on weight matrices only: decaying norms, biases and the
-            # temperature pulls them towards 0, which is not a prior anyone wants (CLIP, open_clip).
-            (no_decay if p.ndim < 2 or name in NO_DECAY else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.train_cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.train_cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        return make_optimizer(self.model, self.train_cfg)
 
     def _trainer_state(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -199,13 +212,7 @@ class Pretraining:
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, n_batches: int) -> float:
-        cfg = self.train_cfg
-        done = (self.epoch + (self.batch_in_epoch + 1) / max(n_batches, 1)) / cfg.epochs  # progress after this step
-        if cfg.warmup_fraction > 0 and done <= cfg.warmup_fraction:
-            return cfg.lr * done / cfg.warmup_fraction
-        q = (done - cfg.warmup_fraction) / max(1 - cfg.warmup_fraction, 1e-9)
-        low = cfg.lr * cfg.min_lr_fraction
-        return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(q, 1.0)))
+        return learning_rate(self.train_cfg, self.epoch, self.batch_in_epoch, n_batches)
 
     def _diverged(self, what: str, lr: float, step: int) -> TrainingDivergedError:
         suggest = min(self.train_cfg.lr / 10, TrainConfig.lr)  # a tenth, and no more than the default
@@ -237,27 +244,46 @@ class Pretraining:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         local = shard(kept_pos, ctx)
-        m = -(-k // ctx.world)  # rows per rank after padding
         images = inputs.images(gidx[local], None if theta is None else theta[local])
         texts = inputs.text_input(gidx[local])
-        with inputs.autocast():
+        # rank r trains kept_pos[r::world]; the gathered rows are in rank order
+        counts = [len(kept_pos[r::ctx.world]) for r in range(ctx.world)]
+        rows = np.concatenate([gidx[kept_pos[r::ctx.world]] for r in range(ctx.world)])
+        return self.optimise(images, texts, counts, rows, lr, b)
+
+    def optimise(self, images: torch.Tensor, texts, counts: list[int], rows: np.ndarray, lr: float,
+                 seen: int) -> dict:
+        """Forward this rank's pairs, the contrastive loss over all ranks' pairs, backward, update.
+
+        ``counts[r]`` pairs are rank r's (all ranks know all counts); ``rows`` are every rank's curator
+        rows in rank order (for the same-text positives). This rank's ``images`` hold ``counts[rank]``
+        pairs, or one pair that is only padding when ``counts[rank]`` is 0 (streamed data: curation may
+        keep nothing of one rank's share; the forward keeps every rank in the collectives).
+        Single process: the global loss. Several: each rank's local loss over the gathered embeddings
+        (:func:`~cxrfm.train.losses.local_contrastive_loss`), whose DDP-averaged gradient is the global one.
+        """
+        cfg, ctx = self.train_cfg, self.ctx
+        k = int(sum(counts))
+        with self.inputs.autocast():
             out = self.ddp(images, texts)
         img, txt = out.image_emb.float(), out.text_emb.float()
-        if ctx.enabled:  # pad to m rows, gather every rank's rows in rank order, drop the padding
-            pad = m - img.shape[0]
-            img = gather_with_grad(F.pad(img, (0, 0, 0, pad)), ctx)  # (world * m, D)
-            txt = gather_with_grad(F.pad(txt, (0, 0, 0, pad)), ctx)
-            order = np.concatenate([np.pad(kept_pos[r::ctx.world], (0, m - len(kept_pos[r::ctx.world])),
-                                           constant_values=-1) for r in range(ctx.world)])
-            valid = torch.as_tensor(order >= 0, device=img.device)
-            img, txt, pos = img[valid], txt[valid], order[order >= 0]
-        else:
-            pos = local
-        pair_ids = torch.as_tensor(self.inputs.text_id[gidx[pos]], device=img.device) if cfg.same_text_positive else None
-        loss = contrastive_loss(self.model_cfg.loss, img, txt, out.logit_scale.float(),
-                                None if out.logit_bias is None else out.logit_bias.float(), pair_ids=pair_ids)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):  # every rank holds the same gathered loss: all stop together
+        scale = out.logit_scale.float()
+        bias = None if out.logit_bias is None else out.logit_bias.float()
+        pair_ids = torch.as_tensor(self.inputs.text_id[rows], device=img.device) if cfg.same_text_positive else None
+        if not ctx.enabled:
+            loss = contrastive_loss(self.model_cfg.loss, img, txt, scale, bias, pair_ids=pair_ids)
+            loss_value = float(loss.detach())
+        else:  # pad every rank to m rows, gather in rank order with gradients, drop the padding
+            m, mine = max(counts), counts[ctx.rank]
+            img_all = gather_with_grad(F.pad(img, (0, 0, 0, m - img.shape[0])), ctx)  # (world * m, D)
+            txt_all = gather_with_grad(F.pad(txt, (0, 0, 0, m - txt.shape[0])), ctx)
+            valid = torch.as_tensor(np.concatenate([r * m + np.arange(c) for r, c in enumerate(counts)]),
+                                    device=img.device)
+            loss = local_contrastive_loss(self.model_cfg.loss, img[:mine], txt[:mine], img_all[valid],
+                                          txt_all[valid], int(sum(counts[:ctx.rank])), scale, bias,
+                                          pair_ids=pair_ids, world=ctx.world)
+            loss_value = mean_over_ranks(float(loss.detach()), ctx)  # the global loss, the same on every rank
+        if not math.isfinite(loss_value):  # every rank holds the same value: all stop together
             raise self._diverged(f"the loss is {loss_value}", lr, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,10 +294,10 @@ class Pretraining:
         self.optimizer.step()
         self.acc.image_fwd += k
         self.acc.image_bwd += k
-        if inputs.text_feats is None:
+        if self.inputs.text_feats is None:
             self.acc.text_fwd += k
             self.acc.text_bwd += k if any(p.requires_grad for p in self.model.text.backbone.parameters()) else 0
-        return {"loss": loss_value, "seen": b, "kept": k, "lr": lr}
+        return {"loss": loss_value, "seen": seen, "kept": k, "lr": lr}
 
     # ------------------------------------------------------------------ the run
     def run(self, max_steps: int | None = None) -> Path:
@@ -299,15 +325,13 @@ class Pretraining:
                 while self.epoch < cfg.epochs:
                     if self.order is None:
                         self._begin_epoch()
-                    sizes = epoch_batch_sizes(len(self.order), cfg.batch_size)
-                    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+                    n_batches, batches = self.epoch_batches()
                     # steps done before this epoch + this epoch's + the same again for each epoch left
-                    self.total_steps = self.step - self.batch_in_epoch + len(sizes) * (cfg.epochs - self.epoch)
-                    bar = self._bar(len(sizes))
+                    self.total_steps = self.step - self.batch_in_epoch + n_batches * (cfg.epochs - self.epoch)
+                    bar = self._bar(n_batches)
                     self.metrics.start_epoch()
-                    while self.batch_in_epoch < len(sizes):
-                        b = self.batch_in_epoch
-                        res = self.train_step(self.order[starts[b]:starts[b + 1]], len(sizes))
+                    for batch in batches:
+                        res = self.train_step(batch, n_batches)
                         self.step += 1
                         self.batch_in_epoch += 1
                         steps_this_call += 1
@@ -338,6 +362,13 @@ class Pretraining:
         self._checkpoint(schedule)
         self._write_curation()
         return self.out
+
+    def epoch_batches(self):
+        """(batches in this epoch, an iterator over those from ``batch_in_epoch`` on): global batches of
+        curator rows, slices of the epoch's order."""
+        sizes = epoch_batch_sizes(len(self.order), self.train_cfg.batch_size)
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        return len(sizes), (self.order[starts[b]:starts[b + 1]] for b in range(self.batch_in_epoch, len(sizes)))
 
     def _begin_epoch(self) -> None:
         self.curator.begin_epoch(self.epoch, self.inputs.embed)

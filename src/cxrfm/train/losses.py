@@ -59,3 +59,35 @@ def contrastive_loss(kind: str, image_emb, text_emb, logit_scale, logit_bias=Non
     if kind == "siglip":
         return siglip_loss(image_emb, text_emb, logit_scale, logit_bias, keep=keep, pair_ids=pair_ids)
     raise ValueError(f"unknown loss {kind!r}")
+
+
+def local_contrastive_loss(kind: str, img_local: torch.Tensor, txt_local: torch.Tensor, img_all: torch.Tensor,
+                           txt_all: torch.Tensor, offset: int, logit_scale, logit_bias=None,
+                           pair_ids: torch.Tensor | None = None, world: int = 1) -> torch.Tensor:
+    """This rank's share of the global loss (open_clip's ``--local-loss --gather-with-grad``).
+
+    ``img_local``/``txt_local`` (m, D) are this rank's pairs, rows ``offset .. offset + m`` of the gathered
+    ``img_all``/``txt_all`` (N, D) (gathered with gradient); ``pair_ids`` (N,) are the global ids. Only the
+    (m, N) logits of the local rows are formed, not (N, N). Both losses are sums of per-row terms over N,
+    so the local shares add up to the global loss; the share is multiplied by ``world`` because DDP
+    averages the ranks' gradients, which makes that average equal the global loss's gradient.
+    """
+    m, n = img_local.shape[0], img_all.shape[0]
+    rows = torch.arange(m, device=img_all.device)
+    if pair_ids is None:
+        pos = torch.zeros(m, n, device=img_all.device)
+        pos[rows, offset + rows] = 1.0  # (m, N)
+    else:
+        ids = pair_ids.to(img_all.device)
+        pos = (ids[offset:offset + m, None] == ids[None, :]).float()  # (m, N), own pair always 1
+    if kind == "clip":
+        target = pos / pos.sum(1, keepdim=True).clamp_min(1)
+        logits_i = logit_scale * img_local.float() @ txt_all.float().t()  # (m, N)
+        logits_t = logit_scale * txt_local.float() @ img_all.float().t()  # (m, N)
+        total = (torch.sum(-target * F.log_softmax(logits_i, dim=1)) +
+                 torch.sum(-target * F.log_softmax(logits_t, dim=1)))
+        return world * 0.5 * total / n
+    if kind == "siglip":
+        logits = logit_scale * img_local.float() @ txt_all.float().t() + logit_bias  # (m, N)
+        return world * -F.logsigmoid((2 * pos - 1) * logits).sum() / n
+    raise ValueError(f"unknown loss {kind!r}")
