@@ -92,6 +92,46 @@ def test_eval_cli_user_errors(manifest_file, standin_runs, tmp_path, capsys):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def _record_run(run, manifest_file, trained_patients, **status):
+    """Give the stand-in run folder what pretraining records: status.json and training_data.json."""
+    from cxrfm.run import RunDir
+
+    rd = RunDir(run)
+    rd.write_status(**status)
+    rd.write_training_data(str(manifest_file), "hash", [f"r{i}" for i in range(len(trained_patients))],
+                           list(trained_patients))
+
+
+def test_eval_warns_on_unfinished_run_and_shared_patients(manifest_file, standin_runs, tmp_path, capsys):
+    patients = sorted(Manifest.load(manifest_file).table["patient_id"].astype(str).unique())
+    _record_run(standin_runs, manifest_file, patients[:7] + ["someone-else"], step=3, total_steps=10, finished=False,
+                error="SIGTERM")
+    out = tmp_path / "ev"
+    assert cli.main(["eval", "--model", str(standin_runs), "--data", str(manifest_file), "--out", str(out),
+                     "--tasks", "prevalence", "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    unfinished, shared = res["warnings"]
+    assert "unfinished: training stopped at step 3 of ~10 (SIGTERM)" in unfinished
+    assert shared.startswith(f"7 of {len(patients)} patients") and ", ..." in shared and patients[0] in shared
+    assert "someone-else" not in shared
+    assert printed.count("WARNING: ") == 2 and "step 3 of ~10" in printed
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Read these numbers with care" in page and "7 of" in page
+
+
+def test_eval_is_quiet_for_a_finished_run_on_held_out_patients(manifest_file, standin_runs, tmp_path, capsys):
+    _record_run(standin_runs, manifest_file, ["nobody-here"], step=10, total_steps=10, finished=True)
+    res = evaluate(standin_runs, manifest_file, tasks="prevalence", progress=False)
+    assert res["warnings"] == []
+    assert "WARNING" not in format_results_table(res)
+
+
+def test_eval_says_when_the_run_does_not_record_its_training_data(manifest_file, standin_runs):
+    res = evaluate(standin_runs, manifest_file, tasks="prevalence", progress=False)
+    assert len(res["warnings"]) == 1 and "does not record its training data" in res["warnings"][0]
+
+
 def test_index_cli_roundtrip(manifest_file, standin_runs, tmp_path):
     out = tmp_path / "idx"
     assert cli.main(["index", "--model", str(standin_runs), "--data", str(manifest_file), "--out", str(out),
@@ -157,3 +197,8 @@ def test_eval_after_tiny_pretrain(manifest_file, tmp_path):
     assert res["tasks"]["zeroshot"]["n_findings"] >= 3
     assert all(0 <= r["auroc"] <= 1 for r in res["tasks"]["zeroshot"]["findings"].values())
     assert res["tasks"]["retrieval"]["text_to_image"]["n"] == res["tasks"]["retrieval"]["n_texts"]
+    # max_steps=2 stopped the run early, and it trained on the very patients it is evaluated on
+    unfinished, shared = res["warnings"]
+    assert "the run is unfinished: training stopped at step 2" in unfinished and "--resume" in unfinished
+    n_patients = Manifest.load(manifest_file).table["patient_id"].nunique()
+    assert shared.startswith(f"{n_patients} of {n_patients} patients") and "memory, not generalisation" in shared

@@ -22,6 +22,7 @@ Intell. 2021): sources are a shortcut, so AUROC within each source comes first a
     tasks.zeroshot.{mean_auroc, mean_within_source_auroc, mean_source_only_auroc, skipped_findings}
     tasks.retrieval.{image_to_text, text_to_image}.{recall@1, recall@5, recall@10, chance@k, n}
     tasks.<task>.skipped   (reason string, when the task could not run)
+    warnings               (list of strings: an unfinished run, patients shared with its training data)
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from ..data.findings import FINDINGS
 from ..data.schema import Manifest
 from ..errors import ConfigError, ManifestError, RunDirError
 from .embed import DualEncoderLike, ImageBatches, embed_images, open_image_cache
+from .run_checks import run_warnings
 # TaskSkipped is re-exported: task modules raise it as `from .suite import TaskSkipped`
 from .registry import TaskSkipped, default_tasks, get_task, list_tasks, task_names  # noqa: F401
 
@@ -258,6 +260,8 @@ def evaluate(
         "seed": seed,
         "n_boot": n_boot,
         "tasks_requested": names,
+        # what makes these numbers mean less than they seem (an unfinished run, patients it trained on)
+        "warnings": run_warnings(run_dir, manifest) if run_dir is not None else [],
         "tasks": {},
         "timing_s": {},
     }
