@@ -11,21 +11,20 @@ evaluation measured. ``create_app(run_dir, index_dir=None, settings=ServeSetting
 * ``POST /v1/embed``    image file or ``text`` field -> L2-normalised embedding.
 * ``GET /v1/health``, ``GET /v1/model`` (config, data hash, curation summary), ``/openapi.json``, ``/``.
 
-Safety: request bodies are capped in bytes before parsing and images in declared pixels before decoding;
-every decoding failure is a 4xx with a message; inference runs in worker threads behind a semaphore so
-the event loop stays responsive; no request value is ever used as a path; CORS is off unless origins
-are given; the CLI binds 127.0.0.1 by default.
+Safety: request bodies are bounded in bytes, in time and in bytes held at once (:mod:`.limits`) and
+parsed in memory, never spooled to disk (:mod:`.forms`); images are capped in declared pixels before
+decoding; every decoding failure is a 4xx with a message; inference runs in worker threads behind a
+semaphore so the event loop stays responsive; a bearer token, when set, guards every route but the page;
+no request value is ever used as a path; CORS is off unless origins are given; the CLI binds 127.0.0.1.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -34,9 +33,11 @@ from .. import __version__
 from ..errors import ConfigError, CxrfmError
 from ..inference.analyze import (AnalyzeSettings, Analyzer, Refused, UploadTooLarge,  # noqa: F401 - re-exported
                                  declared_pixels)
+from .forms import FormError, field_text, parse_form
+from .limits import BearerToken, BodyLimit
 
-log = logging.getLogger("cxrfm.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+FRAMING = 64 * 1024  # multipart boundaries and part headers on top of the largest upload
 
 
 @dataclass(frozen=True)
@@ -46,50 +47,26 @@ class ServeSettings(AnalyzeSettings):
     max_text_chars: int = 4000  # /v1/embed text field
     max_concurrency: int = 2  # inference calls at once; the rest wait (2-core laptop default)
     cors_origins: tuple[str, ...] = ()  # empty = CORS off
+    token: str | None = field(default=None, repr=False)  # bearer token for every route but the page
+    max_inflight_bytes: int = 128 * 1024 * 1024  # upload bytes held by all requests at once; then 503
+    body_idle_s: float = 10.0  # longest silence while a body arrives; then 408 and its memory is freed
+    body_deadline_s: float = 120.0  # longest time for a whole body (20 MB at ~1.4 Mbit/s)
+    max_connections: int = 64  # uvicorn's limit_concurrency: connections + tasks, then 503
+    keep_alive_s: int = 5  # an idle keep-alive connection closes after this
 
 
-# ---------------------------------------------------------------- HTTP layer
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before anything parses them."""
+def _multipart(properties: dict, required: list[str]) -> dict:
+    """The OpenAPI request body of a form route (the routes read the body themselves, see .forms)."""
+    return {"requestBody": {"required": bool(required), "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties, "required": required}}}}}
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(send)
-        chunks, total, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                return await self._too_large(send)
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _too_large(self, send):
-        msg = json.dumps({"detail": f"request body over the limit of {self.limit} bytes; "
-                                    "downsample or compress the image"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(msg)).encode())]})
-        await send({"type": "http.response.body", "body": msg})
+_FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
+_ERRORS = {400: {"description": "Empty or malformed request"}, 401: {"description": "Missing or wrong token"},
+           408: {"description": "The body did not arrive in time"}, 413: {"description": "Upload too large"},
+           415: {"description": "Not a form body"},
+           422: {"description": "Unreadable image, or not a chest radiograph (refused, not scored)"},
+           503: {"description": "Too many uploads in flight; retry after Retry-After seconds"}}
 
 
 def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
@@ -116,12 +93,20 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
     def error(status: int, detail: str, **extra) -> JSONResponse:
         return JSONResponse({"detail": detail, **extra}, status_code=status)
 
-    bad = {400: {"description": "Empty or malformed request"}, 413: {"description": "Upload too large"},
-           422: {"description": "Unreadable image, or not a chest radiograph (refused, not scored)"}}
+    async def read_form(request: Request) -> dict[str, bytes]:
+        # the body is already in memory and bounded (BodyLimit); Starlette's UploadFile would spool it to disk
+        return parse_form(await request.body(), request.headers.get("content-type", ""))
 
-    @app.post("/v1/analyze", responses=bad, summary="Analyse one chest radiograph")
-    async def analyze(file: UploadFile = File(..., description="PNG, JPEG or DICOM (detected by content)")):
-        data = await file.read(settings.max_upload_bytes + 1)
+    @app.exception_handler(FormError)
+    async def form_error(_request, e: FormError):
+        return error(e.status, str(e))
+
+    @app.post("/v1/analyze", responses=_ERRORS, summary="Analyse one chest radiograph", openapi_extra=_multipart(
+        {"file": {**_FILE, "description": "PNG, JPEG or DICOM (detected by content)"}}, ["file"]))
+    async def analyze(request: Request):
+        data = (await read_form(request)).get("file")
+        if data is None:
+            return error(422, "the form has no `file` field; send the image as `file` (curl -F file=@scan.png)")
         try:
             return await infer(service.analyze_bytes, data, "upload", settings)
         except Refused as e:
@@ -131,10 +116,13 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
         except CxrfmError as e:
             return error(400 if not data else 422, str(e))
 
-    @app.post("/v1/embed", responses=bad, summary="Embed an image or a text")
-    async def embed(file: UploadFile | None = File(None, description="an image (PNG, JPEG or DICOM)"),
-                    text: str | None = Form(None, description="a report sentence or text")):
-        if (file is None) == (text is None):
+    @app.post("/v1/embed", responses=_ERRORS, summary="Embed an image or a text", openapi_extra=_multipart(
+        {"file": {**_FILE, "description": "an image (PNG, JPEG or DICOM)"},
+         "text": {"type": "string", "description": "a report sentence or text"}}, []))
+    async def embed(request: Request):
+        form = await read_form(request)
+        data, text = form.get("file"), field_text(form, "text")
+        if (data is None) == (text is None):
             return error(400, "send exactly one of `file` (an image) or `text` (a string)")
         if text is not None:
             if not text.strip() or len(text) > settings.max_text_chars:
@@ -142,7 +130,6 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
             vec = await infer(service.embed_text, text)
             kind = "text"
         else:
-            data = await file.read(settings.max_upload_bytes + 1)
             try:
                 img = await infer(service.decode, data, "upload", settings)
             except UploadTooLarge as e:
@@ -153,12 +140,12 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
             kind = "image"
         return {"kind": kind, "dim": int(vec.shape[0]), "normalized": True, "embedding": vec.tolist()}
 
-    @app.get("/v1/health", summary="Liveness")
+    @app.get("/v1/health", summary="Liveness", responses={401: _ERRORS[401]})
     async def health():
         return {"status": "ok", "model": service.run_dir.name, "version": __version__,
                 "index": service.index is not None}
 
-    @app.get("/v1/model", summary="Model config, data hash, curation summary, OOD gate")
+    @app.get("/v1/model", summary="Model config, data hash, curation summary, OOD gate", responses={401: _ERRORS[401]})
     async def model_info():
         return service.describe()
 
@@ -177,12 +164,17 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
                                     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'")
         return response
 
+    # the last added runs first: CORS (so a browser can read a 401), then the token (before any body is
+    # read), then the body bounds
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FRAMING, budget=settings.max_inflight_bytes,
+                       idle_s=settings.body_idle_s, deadline_s=settings.body_deadline_s)
+    if settings.token:
+        app.add_middleware(BearerToken, token=settings.token)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 64 * 1024)  # + multipart framing
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     return app
 
 

@@ -5,8 +5,21 @@ const $ = (id) => document.getElementById(id);
 let overlayUrl = null;
 let plainUrl = null;
 let showHeat = true;
+let token = readToken();  // the server's bearer token, when it asks for one (kept for this tab only)
 
 function setStatus(text) { $("status").textContent = text; }
+
+function readToken() {
+  try { return sessionStorage.getItem("cxrfm-token") || ""; } catch (e) { return ""; }
+}
+
+function authHeaders() { return token ? { Authorization: "Bearer " + token } : {}; }
+
+function askForToken(message) {
+  $("token-form").hidden = false;
+  $("token-error").textContent = token ? message : "";
+  $("token").focus();
+}
 
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
@@ -17,8 +30,14 @@ function el(tag, attrs = {}, text = "") {
 
 async function loadModelLine() {
   try {
-    const r = await fetch("/v1/model");
+    const r = await fetch("/v1/model", { headers: authHeaders() });
     const m = await r.json();
+    if (r.status === 401) {
+      $("model-line").textContent = "Waiting for the access token.";
+      askForToken(m.detail);
+      return;
+    }
+    $("token-form").hidden = true;
     const idx = m.index ? `, ${m.index.n} indexed cases` : ", no retrieval index";
     $("model-line").textContent = `Model ${m.run} · ${m.image_size} px · ${m.findings.length} findings${idx}`;
   } catch (e) {
@@ -34,7 +53,7 @@ function renderFindings(findings) {
   const sorted = [...findings].sort((a, b) => b.probability - a.probability);
   for (const f of sorted) {
     const pct = Math.round(f.probability * 100);
-    const li = el("li", { class: "bar-row " + band(f.probability) });
+    const li = el("li", { class: "bar-row " + band(f.probability), title: `answered by ${f.head}` });
     li.append(el("span", { class: "bar-label" }, f.finding));
     const track = el("span", { class: "bar-track", role: "meter", "aria-valuemin": "0", "aria-valuemax": "100",
                               "aria-valuenow": String(pct), "aria-label": `${f.finding} ${pct} percent` });
@@ -44,6 +63,19 @@ function renderFindings(findings) {
     li.append(track, el("span", { class: "bar-value" }, pct + "%"));
     list.append(li);
   }
+}
+
+// which head answered (the response's `head` and per-finding `head`), and why a saved one was not used
+function renderHead(head, findings) {
+  const counts = {};
+  for (const f of findings) counts[f.head] = (counts[f.head] || 0) + 1;
+  const parts = Object.entries(counts).map(([kind, n]) => `${kind} for ${n} finding${n === 1 ? "" : "s"}`);
+  const where = Object.entries((head && head.fitted_on) || {}).filter(([, v]) => v !== null && typeof v !== "object");
+  const fitted = where.length ? ` (fitted on ${where.map(([k, v]) => `${k} ${v}`).join(", ")})` : "";
+  $("head-line").textContent = `Answered by: ${parts.join(", ")}${fitted}.`;
+  const note = head && head.note;
+  $("head-note").hidden = !note;
+  $("head-note").textContent = note ? `The saved findings head was not used: ${note}` : "";
 }
 
 function renderNeighbours(items) {
@@ -86,7 +118,7 @@ async function analyze(file) {
   body.append("file", file);
   let r, data;
   try {
-    r = await fetch("/v1/analyze", { method: "POST", body });
+    r = await fetch("/v1/analyze", { method: "POST", body, headers: authHeaders() });
     data = await r.json();
   } catch (e) {
     setStatus("");
@@ -95,7 +127,9 @@ async function analyze(file) {
   }
   if (!r.ok) {
     setStatus("");
-    showRefusal(typeof data.detail === "string" ? data.detail : "The upload was not accepted.");
+    const detail = typeof data.detail === "string" ? data.detail : "The upload was not accepted.";
+    if (r.status === 401) askForToken(detail);
+    showRefusal(r.status === 503 ? `The server is busy: ${detail}` : detail);
     return;
   }
   plainUrl = data.image_png;
@@ -105,6 +139,7 @@ async function analyze(file) {
     : "No heat map.";
   renderImage();
   renderFindings(data.findings);
+  renderHead(data.head, data.findings);
   $("report").textContent = data.report;
   renderNeighbours(data.neighbours);
   $("results").hidden = false;
@@ -113,6 +148,12 @@ async function analyze(file) {
 
 document.addEventListener("DOMContentLoaded", () => {
   loadModelLine();
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("token").value.trim();
+    try { sessionStorage.setItem("cxrfm-token", token); } catch (err) { /* private mode: memory only */ }
+    loadModelLine();
+  });
   $("file").addEventListener("change", (e) => analyze(e.target.files[0]));
   $("toggle-heat").addEventListener("click", () => { showHeat = !showHeat; renderImage(); });
   $("copy-report").addEventListener("click", async () => {
