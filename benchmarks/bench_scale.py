@@ -1,0 +1,188 @@
+"""How the data path and curation grow with N, measured on this machine (docs/scale.md quotes it).
+
+Three measurements, each single-threaded (per core) unless stated:
+
+* ``manifest``: a synthetic manifest of ``--rows`` rows (per-finding label columns, a report of a few
+  sentences, patients, a split) written as CSV, then ``Manifest.load`` (read + validate),
+  ``content_hash`` and ``training_texts`` (what every ``cxrfm pretrain`` start pays), with peak RSS.
+* ``curation``: the ``prototype`` curator (CheXficient's per-batch selection) built for ``--rows``
+  rows: its warm-up k-means on 10 % of them (one-off per run) and ``select`` on a gathered global batch
+  of ``--batch`` pairs of 512-d embeddings (assignment, bands, farthest-point sampling, Sinkhorn EMA),
+  the per-step cost. Embeddings are seeded random unit vectors (the cost does not depend on values).
+* ``decode``: ``--images`` real radiographs written to shards at 256 px, then the streaming path per
+  image: PNG decode + resize to 224 (``decode_sample``), and the whole stream (tar read, shuffle
+  buffer, decode) in one process; bytes per stored sample (storage per pair).
+
+    python benchmarks/bench_scale.py --rows 1000000 --batch 2048 --images 256 --out scale.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrfm.data.findings import FINDINGS
+
+SENTENCES = ["The lungs are clear.", "No pleural effusion or pneumothorax.", "Heart size is normal.",
+             "Mild cardiomegaly.", "Small left pleural effusion.", "Patchy opacity in the right lower lobe.",
+             "No acute cardiopulmonary process.", "Endotracheal tube terminates 4 cm above the carina.",
+             "Degenerative changes of the thoracic spine.", "Mild pulmonary vascular congestion."]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def synthetic_table(n: int, seed: int):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sents = np.array(SENTENCES)
+    picks = rng.integers(0, len(SENTENCES), size=(n, 4))
+    table = {"image": [f"files/p{i // 3:07d}/s{i:08d}.jpg" for i in range(n)],
+             "patient_id": [f"p{i // 3:07d}" for i in range(n)], "source": ["mimic-cxr"] * n,
+             "view": rng.choice(["PA", "AP", "LATERAL"], size=n),
+             "report": [" ".join(s) for s in sents[picks]],
+             "split": rng.choice(["train", "val", "test"], p=[0.8, 0.1, 0.1], size=n)}
+    for f in FINDINGS[:14]:
+        table[f] = rng.choice(["1", "0", "-1", ""], p=[0.1, 0.2, 0.05, 0.65], size=n)
+    return pd.DataFrame(table)
+
+
+def bench_manifest(n: int, seed: int, folder: Path) -> dict:
+    from cxrfm.data.pseudo_reports import training_texts
+    from cxrfm.data.schema import Manifest
+
+    t = time.perf_counter()
+    path = folder / "manifest.csv"
+    synthetic_table(n, seed).to_csv(path, index=False)
+    made = time.perf_counter() - t
+    rss0 = peak_rss_mb()
+    t = time.perf_counter()
+    m = Manifest.load(path)
+    load = time.perf_counter() - t
+    t = time.perf_counter()
+    m.content_hash()
+    hashed = time.perf_counter() - t
+    t = time.perf_counter()
+    texts = training_texts(m, skip=True)
+    text_s = time.perf_counter() - t
+    return {"rows": n, "csv_mb": path.stat().st_size / 2**20, "write_csv_s": made, "load_validate_s": load,
+            "content_hash_s": hashed, "training_texts_s": text_s, "texts": sum(x is not None for x in texts),
+            "peak_rss_mb_before_load": rss0, "peak_rss_mb_after": peak_rss_mb()}
+
+
+def bench_curation(n: int, batch: int, seed: int, repeats: int = 20) -> dict:
+    from cxrfm.train.curation import CurationContext, build_curator
+
+    dim = 512
+    rng = np.random.default_rng(seed)
+    embed_s = 0.0
+
+    def embed(rows):
+        nonlocal embed_s
+        t = time.perf_counter()
+        g = np.random.default_rng([seed, int(rows[0]), len(rows)])
+        a = g.standard_normal((len(rows), dim)).astype(np.float32)
+        b = g.standard_normal((len(rows), dim)).astype(np.float32)
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        embed_s += time.perf_counter() - t
+        return a, b
+
+    cur = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
+    t = time.perf_counter()
+    cur.begin_epoch(0, embed)
+    warm = time.perf_counter() - t - embed_s
+    times = []
+    for _ in range(repeats):
+        idx = rng.choice(n, size=batch, replace=False)
+        img, txt = embed(idx)
+        t = time.perf_counter()
+        cur.select(0, idx, img, txt)
+        times.append(time.perf_counter() - t)
+    return {"rows": n, "batch": batch, "dim": dim, "warmup_rows": int(cur.embedded_rows),
+            "warmup_kmeans_s": warm, "select_ms_median": 1000 * float(np.median(times)),
+            "select_ms_p90": 1000 * float(np.quantile(times, 0.9))}
+
+
+def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
+    from cxrfm.data.images import letterbox, read_image
+    from cxrfm.data.schema import Manifest
+    from cxrfm.data.shards import ShardSet, decode_sample, write_shards
+    from cxrfm.paths import shared_data_dir
+    from cxrfm.train.shard_stream import ShardStream
+
+    data = shared_data_dir()
+    if data is None:
+        return {"error": "real data not found: set CXRFM_DATA"}
+    full = Manifest.load(data / "cxr" / "manifest.csv")
+    rows = np.sort(np.random.default_rng(seed).choice(len(full), size=min(n_images, len(full)), replace=False))
+    sub = full.subset(rows)
+    sub.save(folder / "img.csv")
+    t = time.perf_counter()
+    write_shards(folder / "img.csv", folder / "shards", size=256, per_shard=64)
+    write_s = time.perf_counter() - t
+    shards = ShardSet.open(folder / "shards")
+    raw = [(d, e) for s in range(len(shards.shards)) for _, d, e in shards.iter_raw(s)]
+    t = time.perf_counter()
+    for d, e in raw:
+        decode_sample(d, e, 224)
+    dec = time.perf_counter() - t
+    t = time.perf_counter()
+    for p in sub.image_paths():
+        letterbox(read_image(p), 224)
+    src = time.perf_counter() - t
+    wanted = np.ones(shards.n_samples, dtype=bool)
+    t = time.perf_counter()
+    n = sum(1 for _ in iter(ShardStream(shards, wanted, seed=0, epoch=0, rank=0, world=1, workers=1, buffer=256,
+                                        image_size=224)))
+    stream_s = time.perf_counter() - t
+    total_bytes = sum(s.bytes for s in shards.shards)
+    return {"images": len(raw), "shard_write_images_per_s": len(raw) / write_s,
+            "decode_resize_224_images_per_s": len(raw) / dec, "stream_images_per_s": n / stream_s,
+            "source_read_letterbox_224_images_per_s": len(raw) / src,
+            "bytes_per_sample_256px": total_bytes / len(raw),
+            "source_sizes": sorted({f"{w}x{h}" for w, h in zip(sub.table.get("width", []), sub.table.get("height", []))})[:5]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic manifest / curator")
+    ap.add_argument("--batch", type=int, default=2048, help="gathered global batch for select (default 2048)")
+    ap.add_argument("--images", type=int, default=256, help="real images for the decode measurement")
+    ap.add_argument("--parts", default="manifest,curation,decode")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # per core
+    result: dict = {"threads": 1, "load_average_at_start": list(__import__("os").getloadavg())}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for part in args.parts.split(","):
+            t = time.perf_counter()
+            if part == "manifest":
+                result[part] = bench_manifest(args.rows, args.seed, tmp)
+            elif part == "curation":
+                result[part] = bench_curation(args.rows, args.batch, args.seed)
+            elif part == "decode":
+                result[part] = bench_decode(args.images, args.seed, tmp)
+            else:
+                print(f"unknown part {part!r}", file=sys.stderr)
+                return 2
+            print(json.dumps({part: result[part], "wall_s": round(time.perf_counter() - t, 1)}), flush=True)
+    result["load_average_at_end"] = list(__import__("os").getloadavg())
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
