@@ -40,7 +40,7 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all") -> int:
     _step("3/5 training texts: real reports where present, else pseudo-reports; labeled back (CheXpert-14)")
     import pandas as pd
 
-    from .data.labeler import label_table_file
+    from .data.label_table import label_table_file
     from .data.pseudo_reports import training_texts
     from .data.schema import write_table
 

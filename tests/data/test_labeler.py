@@ -9,7 +9,8 @@ import pytest
 
 from cxrfm.cli import main
 from cxrfm.data.findings import CHEXPERT_14, mesh_to_findings
-from cxrfm.data.labeler import label_reports, label_sentence_findings, label_table_file
+from cxrfm.data.label_table import label_table_file
+from cxrfm.data.labeler import label_reports, label_sentence_findings
 from cxrfm.errors import ReportError
 
 IDX = {f: i for i, f in enumerate(CHEXPERT_14)}

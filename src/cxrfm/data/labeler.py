@@ -301,10 +301,3 @@ def label_sentence_findings(sentence: str) -> dict[str, float]:
     elif normal:
         out["No Finding"] = 1.0
     return {f: out[f] for f in CHEXPERT_14 if f in out}
-
-
-def label_table_file(path_in, path_out, **kwargs) -> str:
-    """See :func:`cxrfm.data.label_table.label_table_file` (kept here for existing imports)."""
-    from .label_table import label_table_file as run
-
-    return run(path_in, path_out, **kwargs)

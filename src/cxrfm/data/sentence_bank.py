@@ -3,7 +3,7 @@
 The 3,955 IU X-ray / Open-i reports (Demner-Fushman et al., JAMIA 2016) are split into sentences and
 each is labeled once by :mod:`cxrfm.data.labeler`; a row's report is then assembled from sentences
 whose every statement matches the row (:func:`real_sentence_report`), with the templates of
-:mod:`cxrfm.data.pseudo_reports` for what IU never says.
+:mod:`cxrfm.data.report_templates` for what IU never says.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ReportError
 from .findings import CHEXPERT_14, FINDING_INDEX
-from .pseudo_reports import (BANK_VERSION, _NOT_PLAINLY_POSITIVE, _PART_NORMAL, _PNA_TYPES, _WHOLE_STUDY_NORMAL,
+from .report_templates import (BANK_VERSION, _NOT_PLAINLY_POSITIVE, _PART_NORMAL, _PNA_TYPES, _WHOLE_STUDY_NORMAL,
                              _assemble, _check_row, _impression_line, _negative_sentences, _positive_sentences)
 
 

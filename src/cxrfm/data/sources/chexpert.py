@@ -26,7 +26,7 @@ import pandas as pd
 from ...errors import ManifestError
 from ..findings import CHEXPERT_14
 from ..schema import read_table
-from . import ORIGIN, copy_image, register_layout
+from .registry import ORIGIN, copy_image, register_layout
 
 SOURCE = "chexpert"
 LICENSE = "Stanford University School of Medicine CheXpert Dataset Research Use Agreement"

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ...errors import ManifestError
 from ..findings import CHILDREN, FINDINGS
-from . import ORIGIN, copy_image, register_layout
+from .registry import ORIGIN, copy_image, register_layout
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import CxrfmError, ManifestError
-from . import ORIGIN, SKIP, get_layout
+from .registry import ORIGIN, SKIP, get_layout
 
 SKIPPED_FILE = "skipped_rows.csv"
 MANIFEST_FILE = "manifest.csv"
@@ -101,7 +101,7 @@ def ingest(src: Path, fmt: str, out_dir: Path, check_images: bool | str = True, 
         raise ManifestError(f"{src}: no such file or folder; give the {what} of the {fmt} layout")
     options = {k: v for k, v in options.items() if v is not None}
     for name in sorted(set(options) - set(layout.options)):
-        from . import LAYOUTS
+        from .registry import LAYOUTS
         takers = [f for f, lay in sorted(LAYOUTS.items()) if name in lay.options]
         raise ManifestError(f"--{name.replace('_', '-')} does not apply to --format {fmt}; drop it "
                             f"(it applies to --format {', '.join(takers) or 'none'})")

@@ -25,7 +25,7 @@ from typing import Sequence
 import pandas as pd
 
 from ...errors import ManifestError
-from . import ORIGIN, SKIP, copy_image, register_layout
+from .registry import ORIGIN, SKIP, copy_image, register_layout
 
 SOURCE = "iu-xray-openi"
 REPORT_DIR = "ecgen-radiology"

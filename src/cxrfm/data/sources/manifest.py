@@ -14,7 +14,7 @@ import pandas as pd
 
 from ...errors import ManifestError
 from ..schema import read_table
-from . import ORIGIN, copy_image, register_layout
+from .registry import ORIGIN, copy_image, register_layout
 
 TABLE_NAMES = ("manifest.csv", "manifest.parquet")
 

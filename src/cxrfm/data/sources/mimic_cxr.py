@@ -24,7 +24,7 @@ import pandas as pd
 
 from ...errors import ManifestError
 from ..findings import CHEXPERT_14
-from . import ORIGIN, SKIP, copy_image, register_layout
+from .registry import ORIGIN, SKIP, copy_image, register_layout
 
 SOURCE = "mimic-cxr"
 LICENSE = "PhysioNet Credentialed Health Data License 1.5.0"

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ...errors import ManifestError
 from ..schema import read_table
-from . import ORIGIN, copy_image, register_layout
+from .registry import ORIGIN, copy_image, register_layout
 
 SOURCE = "nih-chestxray14"
 LICENSE = "public, unrestricted use, attribution required"
