@@ -121,9 +121,20 @@ def test_reasons_say_why(gate, shared_data):
     assert not blank["passed"] and "statistics" in blank["reason"] and "(films:" in blank["reason"]
     rgb = (np.random.default_rng(1).random((300, 400, 3)) * 255).astype(np.uint8)
     assert "colour" in gate.verdict(torch.rand(1, 300, 400), rgb)["reason"]
-    ok = gate.verdict(read_image(shared_data / "pairs" / "images" / sorted(
-        p.name for p in (shared_data / "pairs" / "images").iterdir())[0]))
+    ok = gate.verdict(read_image(min((shared_data / "pairs" / "images").glob("*.png"))))
     assert ok["passed"] and ok["reason"] is None
+
+
+def test_far_from_every_film_is_refused_even_where_the_quadratic_score_is_high(gate):
+    from cxrfm.inference.gate_model_free import COLUMNS
+
+    rng = np.random.default_rng(0)
+    near_blank = torch.from_numpy(np.clip(0.5 + rng.normal(0, 0.01, (1, 74, 111)), 0, 1).astype(np.float32))
+    raw = gate.raw([near_blank])
+    assert gate.envelope_excess(raw)[0] > 0  # its grey-level spread is far below any film's
+    v = gate.verdict(near_blank)
+    assert not v["passed"] and v["margin"] <= -gate.envelope_excess(raw)[0] + 1e-9
+    assert "std" in v["reason"] and len(gate.env_lo) == len(COLUMNS)
 
 
 def test_features_are_polarity_invariant_and_crop_flat_borders():
@@ -150,7 +161,11 @@ def test_quadratic_terms_match_sklearn():
 
 def test_shipped_parameters_have_provenance_and_refuse_a_mismatch(tmp_path):
     from cxrfm.errors import ConfigError
-    from cxrfm.inference.gate_model_free import COLUMNS, PARAMS_PATH, load_model_free_gate
+    from cxrfm.inference.gate_model_free import (
+        COLUMNS,
+        PARAMS_PATH,
+        load_model_free_gate,
+    )
 
     p = json.loads(PARAMS_PATH.read_text())
     assert tuple(p["columns"]) == COLUMNS and PARAMS_PATH.stat().st_size < 200_000

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def model(run_dir):
     from cxrfm.models.dual import load_model
@@ -109,8 +108,13 @@ def test_test_time_update_is_deterministic_bounded_and_off_by_default(model, hel
 
     from cxrfm.data.images import read_image
     from cxrfm.errors import ConfigError
-    from cxrfm.inference.gate import (OODGate, _label_embeddings, default_reference_images, embed_images,
-                                      neglabel_scores)
+    from cxrfm.inference.gate import (
+        OODGate,
+        _label_embeddings,
+        default_reference_images,
+        embed_images,
+        neglabel_scores,
+    )
     from cxrfm.inference.tanl import TestTimeSettings
     from cxrfm.tasks.ood import non_cxr_images
 

@@ -12,7 +12,9 @@ Three checks, in order, each with the reason it gives:
    absolute correlation of the 24 px thumbnail with k-means prototypes of chest films), all
    polarity-invariant so an inverted film passes. Fitted (:func:`fit_params`) on a validation part of
    real CXRs against a validation part of non-CXR families; its threshold lets through all but
-   ``threshold_quantile`` of the validation CXRs.
+   ``threshold_quantile`` of the validation CXRs. A quadratic score can call far-away points positive,
+   so it is trusted only inside an envelope: each (transformed, standardised) feature within the
+   validation CXRs' range widened by ``envelope_margin`` robust sd; outside, the image is refused.
 
 The fitted numbers ship as ``prompts/gate_model_free.json`` (with provenance); ``benchmarks/ood_gate.py
 --write-params`` refits them.
@@ -75,6 +77,8 @@ class ModelFreeGate:
     prototypes: np.ndarray  # (K, 576) unit-norm 24 px layout prototypes
     lo: np.ndarray  # (C,) per-feature 0.5 % / 99.5 % quantiles of validation CXRs (raw), for the reason
     hi: np.ndarray
+    env_lo: np.ndarray  # (C,) the envelope, in standardised transformed units
+    env_hi: np.ndarray
     max_colourfulness: float
     provenance: dict
 
@@ -83,7 +87,8 @@ class ModelFreeGate:
         if tuple(p.get("columns", ())) != COLUMNS:
             raise ConfigError(f"{PARAMS_PATH}: fitted for features {p.get('columns')}, this cxrfm computes {COLUMNS}; "
                               "refit with `python benchmarks/ood_gate.py --write-params`")
-        a = {k: np.asarray(p[k], dtype=np.float64) for k in ("centre", "scale", "coef", "prototypes", "lo", "hi")}
+        a = {k: np.asarray(p[k], dtype=np.float64) for k in ("centre", "scale", "coef", "prototypes", "lo", "hi",
+                                                          "env_lo", "env_hi")}
         return cls(intercept=float(p["intercept"]), threshold=float(p["threshold"]),
                    max_colourfulness=float(p["max_colourfulness"]), provenance=dict(p.get("provenance", {})), **a)
 
@@ -94,6 +99,17 @@ class ModelFreeGate:
     def scores_from_raw(self, raw: np.ndarray) -> np.ndarray:
         z = (transform(raw) - self.centre) / self.scale
         return quadratic(z) @ self.coef + self.intercept
+
+    def envelope_excess(self, raw: np.ndarray) -> np.ndarray:
+        """(N,) how far (robust sd) the furthest feature lies outside the envelope; 0 inside."""
+        z = (transform(raw) - self.centre) / self.scale
+        return np.maximum(np.maximum(self.env_lo - z, z - self.env_hi), 0).max(axis=1)
+
+    def margins_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """(N,) score - threshold, capped at -excess outside the envelope (>= 0: a chest film)."""
+        m = self.scores_from_raw(raw) - self.threshold
+        ex = self.envelope_excess(raw)
+        return np.where(ex > 0, np.minimum(m, -ex), m)
 
     def margins(self, images, sources=None) -> np.ndarray:
         """(N,) score - threshold (>= 0: a chest film); too-small and colour sources get -inf-like margins."""
@@ -113,7 +129,7 @@ class ModelFreeGate:
                     "reason": f"a colour image (colourfulness {colour:.1f} > {self.max_colourfulness:.0f}); "
                               "chest films are grey"}
         raw = self.raw([img])
-        margin = float(self.scores_from_raw(raw)[0] - self.threshold)
+        margin = float(self.margins_from_raw(raw)[0])
         out = {"passed": margin >= 0, "margin": margin, "colourfulness": colour, "reason": None}
         if margin < 0:
             odd = [f"{n} {v:.3g} (films: {a:.3g}-{b:.3g})" for n, v, a, b in zip(COLUMNS, raw[0], self.lo, self.hi)
@@ -145,7 +161,8 @@ def fit_prototypes(cxr_images, k: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def fit_params(cxr_raw: np.ndarray, other_raw: np.ndarray, prototypes: np.ndarray, threshold_quantile: float = 0.002,
-               c: float = 0.03, max_colourfulness: float = 15.0, provenance: dict | None = None) -> dict:
+               c: float = 0.03, max_colourfulness: float = 15.0, envelope_margin: float = 2.0,
+               provenance: dict | None = None) -> dict:
     """Fit the statistics score on validation features: CXRs (positive) vs non-CXR families (negative),
     classes weighted equally, L2-regularised (``c``) so the quadratic terms stay smooth."""
     from sklearn.linear_model import LogisticRegression
@@ -163,4 +180,6 @@ def fit_params(cxr_raw: np.ndarray, other_raw: np.ndarray, prototypes: np.ndarra
             "intercept": float(clf.intercept_[0]), "threshold": float(np.quantile(s, threshold_quantile)),
             "threshold_quantile": threshold_quantile, "prototypes": np.round(prototypes, 4).tolist(),
             "lo": r(np.quantile(cxr_raw, 0.005, axis=0)), "hi": r(np.quantile(cxr_raw, 0.995, axis=0)),
+            "env_lo": r(z[: len(cxr_raw)].min(0) - envelope_margin), "env_hi": r(z[: len(cxr_raw)].max(0) + envelope_margin),
+            "envelope_margin": envelope_margin,
             "max_colourfulness": max_colourfulness, "provenance": provenance or {}}
