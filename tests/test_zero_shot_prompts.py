@@ -1,8 +1,9 @@
 """The evaluation prompts are held out from every sentence the pseudo-report generator can emit.
 
 Zero-shot on label-only data is only zero-shot when the prompts are not the training texts: the
-pseudo-reports (:mod:`cxrfm.data.pseudo_reports`) are what a label-only row is trained against, so a
-prompt equal to one of their sentences measures template matching. This module enumerates what the
+pseudo-reports (:mod:`cxrfm.data.pseudo_reports`; templates in :mod:`cxrfm.data.report_templates`) are
+what a label-only row is trained against, so a prompt equal to one of their sentences measures
+template matching. This module enumerates what the
 generator can say (fixed phrasings, the "No A, B or C." lists, the impression lines, and the real IU
 sentences of the ``sentences`` style), checks the enumeration against thousands of generated reports,
 then checks the bundled prompts against it: no prompt (or sentence of one) equals a generated sentence
@@ -17,7 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from cxrfm.data import pseudo_reports as pr
+from cxrfm.data import report_templates as pr  # the template style's phrasings (pseudo_reports uses them)
 from cxrfm.data.findings import FINDINGS
 from cxrfm.data.reports import split_sentences
 from cxrfm.inference.zero_shot import TEMPLATE_PROMPTS_FILE, load_prompts
