@@ -245,6 +245,11 @@ class OODGate:
 
         ``model_free`` is the model-free margin (>= 0: a chest film). With ``test_time_update`` the
         images are one test batch: scored, then folded into the memory."""
+        comps, _ = self._score(images, emb, sources)
+        return comps
+
+    def _score(self, images, emb, sources) -> tuple[dict[str, torch.Tensor], list[dict] | None]:
+        """(components, the model-free verdicts or None), computing each image's features once."""
         self._check_fitted()
         if sources is None:
             sources = [x if isinstance(x, (str, Path)) else None for x in images]
@@ -252,9 +257,11 @@ class OODGate:
         emb = embed_images(self.model, images) if emb is None else emb.float().reshape(len(images), -1)
         pix = pixel_features(images) if self.weights.get("pixels", 0) else None
         comps = self._components(emb, pix, update=True)
+        verdicts = None
         if self.model_free is not None:
-            comps["model_free"] = torch.from_numpy(self.model_free.margins(images, sources)).float()
-        return comps
+            verdicts = [self.model_free.verdict(im, src) for im, src in zip(images, sources)]
+            comps["model_free"] = torch.tensor([v["margin"] for v in verdicts], dtype=torch.float32)
+        return comps, verdicts
 
     def scores(self, images, emb: torch.Tensor | None = None, sources=None) -> torch.Tensor:
         """Gate scores (N,); ``>= threshold`` means chest radiograph."""
@@ -269,9 +276,9 @@ class OODGate:
     def verdict(self, image: torch.Tensor, emb: torch.Tensor | None = None, source=None) -> dict:
         """What :meth:`is_cxr` decides, with why: {"passed", "score", "threshold", "reason",
         "model_free": the model-free verdict, "components": every component's raw value}."""
-        comps = self.component_scores([image], emb, None if source is None else [source])
+        comps, verdicts = self._score([image], emb, None if source is None else [source])
         score = float(self.combine(comps)[0])
-        mf = self.model_free.verdict(image, source) if self.model_free is not None else None
+        mf = verdicts[0] if verdicts else None
         reason = None
         if score < self.threshold:
             reason = (mf["reason"] if mf is not None and not mf["passed"]
