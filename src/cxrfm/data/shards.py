@@ -35,7 +35,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..atomic import atomic_path
 from ..errors import ManifestError
@@ -321,8 +320,9 @@ def _group_members(tar: tarfile.TarFile, path: Path) -> Iterator[tuple[str, tupl
         yield finish()
 
 
-def decode_sample(data: bytes, ext: str, size: int, where: str = "shard") -> torch.Tensor:
-    """(1, size, size) float32 in [0, 1] from a stored image (resized when the shards' size differs)."""
+def decode_gray(data: bytes, ext: str, size: int, where: str = "shard") -> torch.Tensor:
+    """(1, size, size) uint8 from a stored image; resized (letterboxed) only when the shards' size differs,
+    so shards written at the training size cost a PNG decode and nothing else."""
     from PIL import Image
 
     try:
@@ -330,9 +330,14 @@ def decode_sample(data: bytes, ext: str, size: int, where: str = "shard") -> tor
             arr = np.asarray(im.convert("L"), dtype=np.uint8)
     except Exception as e:  # a damaged member: name it
         raise ShardError(f"{where}: the stored {ext} does not decode ({e}); write the shards again") from None
-    x = torch.from_numpy(arr.copy()).to(torch.float32).div_(255.0)[None]  # (1, H, W)
-    if x.shape[1:] != (size, size):
-        from .images import letterbox
+    if arr.shape == (size, size):
+        return torch.from_numpy(arr.copy())[None]
+    from .images import letterbox
 
-        x = letterbox(x, size)
-    return x
+    x = letterbox(torch.from_numpy(arr.copy()).to(torch.float32).div_(255.0)[None], size)  # (1, S, S)
+    return x.mul_(255.0).round_().to(torch.uint8)
+
+
+def decode_sample(data: bytes, ext: str, size: int, where: str = "shard") -> torch.Tensor:
+    """(1, size, size) float32 in [0, 1] from a stored image (see :func:`decode_gray`)."""
+    return decode_gray(data, ext, size, where).to(torch.float32).div_(255.0)

@@ -14,10 +14,22 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..data.schema import Manifest
+from ..errors import ManifestError
 from ..models.text import BUNDLED
 from .accounting import Accounting, measure_forward_flops
 from .augment import apply_affine
 from .distributed import DistContext, barrier, gather_sharded, shard
+
+def training_rows(manifest: Manifest) -> np.ndarray:
+    """Manifest row positions to pretrain on: the ``train`` split when there is a ``split`` column."""
+    if "split" not in manifest.table.columns:
+        return np.arange(len(manifest))
+    rows = np.flatnonzero(manifest.table["split"].astype(str).str.lower().to_numpy() == "train")
+    if len(rows) == 0:
+        raise ManifestError(f"{manifest.path or 'manifest'}: has a 'split' column but no row with split == 'train'; "
+                            f"pretraining uses the train rows (run `cxrfm split` or fix the column)")
+    return rows
+
 
 # Frozen bundled-MiniLM outputs per (source, max_tokens) -> {text: (H,) tensor}; see frozen_text_features.
 _TEXT_MEMO: dict[tuple[str, int], dict[str, torch.Tensor]] = {}

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..data.shards import ShardError, ShardSet, decode_sample
+from ..data.shards import ShardError, ShardSet, decode_gray
 
 
 def rank_shards(n_shards: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
@@ -133,8 +133,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         for i, (row, data, ext) in enumerate(shuffle_buffer(raw, self.buffer, rng)):
             if i < self.skips[w]:  # already trained on before the resume: read past, never decoded
                 continue
-            x = decode_sample(data, ext, self.image_size, where=f"{self.shards.folder} sample {row}")
-            yield row, x.mul_(255.0).round_().to(torch.uint8)  # uint8: a quarter of the bytes between processes
+            # uint8: a quarter of the bytes between processes; the training process scales to [0, 1]
+            yield row, decode_gray(data, ext, self.image_size, where=f"{self.shards.folder} sample {row}")
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()

@@ -1,6 +1,6 @@
 """Pretraining on streamed tar shards (``cxrfm pretrain --data SHARDS``, shards from ``cxrfm shard``).
 
-The same run as :class:`~cxrfm.train.loop.Pretraining` (model, curator, checkpoints, run folder), with
+The same run as :class:`~cxrfm.train.pretraining.Pretraining` (model, curator, checkpoints, run folder), with
 the images read from the shards instead of a decoded cache, and the batch order of
 :mod:`.shard_stream`: each rank reads its own shards, so a global batch is the concatenation of the
 ranks' local batches (``train.batch_size / world`` each) rather than one order every rank walks.
@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .augment import batch_seed, random_affine
 from .distributed import agree, gather_rows
 from .inputs import PairInputs
-from .loop import Pretraining
+from .pretraining import Pretraining
 from .records import new_epoch_stats
 from .shard_stream import ShardStream, epoch_length, stream_loader
 
