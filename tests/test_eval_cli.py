@@ -29,12 +29,14 @@ def manifest_file(cxr_manifest_path, tmp_path_factory):
 @pytest.fixture()
 def standin_runs(monkeypatch, tmp_path):
     """Any folder holding `standin` loads as the stand-in model (the real loader is tested below)."""
-    real = suite.load_eval_model
+    import cxrfm.models.dual as dual
 
-    def fake(run_dir):
-        return StandInModel() if "standin" in str(run_dir) else real(run_dir)
+    real = dual.load_model
 
-    monkeypatch.setattr(suite, "load_eval_model", fake)
+    def fake(run_dir, *args, **kwargs):
+        return StandInModel() if "standin" in str(run_dir) else real(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(dual, "load_model", fake)
     run = tmp_path / "standin-run"
     run.mkdir()
     return run
@@ -74,7 +76,8 @@ def test_eval_cli_user_errors(manifest_file, standin_runs, tmp_path, capsys):
     empty_run = tmp_path / "run-without-model"
     empty_run.mkdir()
     assert cli.main(["eval", "--model", str(empty_run), "--data", str(manifest_file), "--out", str(tmp_path / "o")]) == 2
-    assert "no model in this folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "run-without-model: no config.json" in err and "cxrfm pretrain" in err
     # empty manifest
     empty = tmp_path / "empty.csv"
     empty.write_text("image,patient_id,source\n")

@@ -16,8 +16,9 @@ from cxrfm.reporting.assets import Assets
 from cxrfm.reporting.html import render_html
 from cxrfm.tasks import registry
 from cxrfm.tasks.registry import BUILTIN_TASK_MODULES, Task, TaskResultError, list_tasks, register_task
+from cxrfm.models.dual import load_model
 from cxrfm.tasks.suite import (
-    EvalContext, _jsonable, _parse_tasks, format_results_table, load_eval_model, run_task,
+    EvalContext, _jsonable, _parse_tasks, format_results_table, run_task,
 )
 from cxrfm.tasks.zero_shot import load_prompts
 from tests.helpers import StandInModel, make_tiny_run, subset_manifest
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def context(tmp_path_factory, cxr_manifest_path, cache_dir, one_torch_thread):
     root = tmp_path_factory.mktemp("contract")
     run = make_tiny_run(root, cxr_manifest_path, cache_dir)
-    return EvalContext(model=load_eval_model(run), manifest=subset_manifest(cxr_manifest_path, per_source=30),
+    return EvalContext(model=load_model(run), manifest=subset_manifest(cxr_manifest_path, per_source=30),
                        n_boot=20, prompts=load_prompts(None), cache_dir=cache_dir, out_dir=root / "out",
                        run_dir=run)
 

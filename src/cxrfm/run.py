@@ -111,8 +111,8 @@ class RunDir:
             raise RunDirError(f"{self.path}: no such run folder; pass the --out folder of `cxrfm pretrain`")
         missing = [p.name for p in (self.config, self.weights) if not p.is_file()]
         if missing:
-            raise RunDirError(f"{self.path}: not a finished run folder (missing {', '.join(missing)}); "
-                              "pass the --out folder of a `cxrfm pretrain` run")
+            raise RunDirError(f"{self.path}: no model in this folder (missing {', '.join(missing)}); train one "
+                              f"with `cxrfm pretrain --out {self.path}` or pass the --out folder of a finished run")
         return self
 
     def read_json(self, path: Path) -> Any | None:

@@ -33,10 +33,10 @@ def index_manifest(model_or_run, data, out: str | Path | None = None, cache_dir:
     from ..data.schema import Manifest
     from ..errors import ManifestError
     from .embed import embed_manifest
-    from .suite import load_eval_model
+    from ..models.dual import load_model
 
     run_dir = Path(model_or_run) if isinstance(model_or_run, (str, Path)) else None
-    model = load_eval_model(run_dir) if run_dir is not None else model_or_run
+    model = load_model(run_dir) if run_dir is not None else model_or_run
     manifest = Manifest.load(data) if isinstance(data, (str, Path)) else data
     if len(manifest) == 0:
         raise ManifestError(f"{manifest.path or 'manifest'}: has no rows; nothing to index")

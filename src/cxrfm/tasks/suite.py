@@ -104,22 +104,6 @@ class EvalContext:
         return self._emb[rows]
 
 
-def load_eval_model(run_dir: str | Path) -> DualEncoderLike:
-    """``cxrfm.load_model(run_dir)`` with an error that names the fix when the folder holds no model."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run folder; give the folder `cxrfm pretrain --out` wrote")
-    if not (run_dir / "config.json").exists() or not any(run_dir.glob("*.safetensors")):
-        raise RunDirError(
-            f"{run_dir}: no model in this folder (needs config.json + model.safetensors); train one with "
-            f"`cxrfm pretrain --out {run_dir}` or point --model at a finished run")
-    try:
-        from ..models.dual import load_model
-    except ImportError as e:  # pragma: no cover - only while the model package is missing
-        raise RunDirError(f"cannot load {run_dir}: cxrfm.models is not available ({e})") from e
-    return load_model(run_dir)
-
-
 def _model_logit_scale(model: Any) -> float:
     """The model's temperature multiplier if it exposes one (``logit_scale`` holds the log, as in CLIP)."""
     value = getattr(model, "logit_scale", None)
@@ -220,7 +204,9 @@ def evaluate(
     run_dir: Path | None = None
     if isinstance(model_or_run, (str, Path)):
         run_dir = Path(model_or_run)
-        model = load_eval_model(run_dir)
+        from ..models.dual import load_model  # looked up at call time (tests swap in stand-ins)
+
+        model = load_model(run_dir)
     else:
         model = model_or_run
     manifest = Manifest.load(data) if isinstance(data, (str, Path)) else data

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..metrics import auroc, bootstrap_ci
 from ..inference.zero_shot import (PROMPTS_FILE, TEMPLATE_PROMPTS_FILE, build_zero_shot_classifier,  # noqa: F401
                                    load_prompts, zero_shot_scores)
+from ..reporting.sections.zeroshot import template_matched_line  # noqa: F401 - the console line
 from .embed import DualEncoderLike
 
 if TYPE_CHECKING:
@@ -195,20 +196,6 @@ def template_matched(context: "EvalContext", findings: Sequence[str], labels: np
                           rng=context.rng("zeroshot/template_matched"), n_boot=context.n_boot,
                           min_pos=context.min_pos, min_neg=context.min_neg)
     return {"label": TEMPLATE_MATCHED_LABEL, "prompts": TEMPLATE_PROMPTS_FILE.name, **res}
-
-
-def template_matched_line(result: Mapping) -> str | None:
-    """The console line for the template-matched means, labelled so (None when it was not scored)."""
-    tm = result.get("template_matched") or {}
-    if "mean_auroc" not in tm:
-        return None
-
-    def fmt(x):
-        return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
-
-    return (f"  template-matched prompts (the generator's own sentences; not zero-shot): within "
-            f"{fmt(tm.get('mean_within_source_auroc'))}  pooled {fmt(tm.get('mean_auroc'))}  "
-            f"over {tm.get('n_findings', 0)} finding(s)")
 
 
 # ---------------------------------------------------------------- registration (cxrfm.tasks.registry)

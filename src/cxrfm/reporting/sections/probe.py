@@ -44,9 +44,13 @@ def html(r: Mapping, assets: Assets) -> str:
 def console(r: Mapping) -> list[str]:
     base = r.get("baseline") or {}
     lines = []
+    counts = {"mean_within_source_auroc": "n_findings_within_source", "mean_auroc": "n_findings"}
     for key, label in (("mean_within_source_auroc", "within-source"), ("mean_auroc", "pooled")):
-        model_cells = "  ".join(f"{k}: {cell(v, 5)}" for k, v in (r.get(key) or {}).items())
-        base_cells = "  ".join(f"{k}: {cell(v, 5)}" for k, v in (base.get(key) or {}).items())
+        def cells(part: Mapping) -> str:
+            n = part.get(counts[key]) or {}
+            return "  ".join(f"{k}: {cell(v, 5)}" + (f" (n={n[k]})" if k in n else "") for k, v in (part.get(key) or {}).items())
+
+        model_cells, base_cells = cells(r), cells(base)
         lines.append(f"probe ({label} mean AUROC by label fraction): frozen {model_cells}"
                      + (f"  | from scratch {base_cells}" if base_cells else ""))
     return lines

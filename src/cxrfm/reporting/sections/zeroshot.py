@@ -22,7 +22,7 @@ def html(r: Mapping, assets: Assets) -> str:
             "#" + fmt(v.get("auroc")) + f" <small>{ci_text(v.get('ci'))}</small>",
             f"#{esc(v.get('n_pos', '?'))} / {esc(v.get('n_neg', '?'))}", "#" + fmt(src)])
         classes.append("flag" if flagged else "")
-    out = [f"<p>Prompts: {esc(r.get('prompts', '?'))}; {esc(r.get('n_rows', '?'))} rows; "
+    out = [f"<p>Prompts: {esc(r.get('prompt_set') or r.get('prompts', '?'))}; {esc(r.get('n_rows', '?'))} rows; "
            f"CI: 95% patient bootstrap.</p>"]
     if rows:
         out.append(table(["finding", "within-source AUROC", "per source", "pooled AUROC [95% CI]", "n_pos / n_neg",
@@ -30,6 +30,12 @@ def html(r: Mapping, assets: Assets) -> str:
         out.append(table(["", "within-source", "pooled", "source-only"], [[
             "<b>mean</b>", "#" + fmt(r.get("mean_within_source_auroc")), "#" + fmt(r.get("mean_auroc")),
             "#" + fmt(r.get("mean_source_only_auroc"))]]))
+    tm = r.get("template_matched") or {}
+    if "mean_auroc" in tm:
+        out.append(f"<p class='note'>{esc(tm.get('label', 'template-matched prompts'))}: mean within-source "
+                   f"{fmt(tm.get('mean_within_source_auroc'))}, pooled {fmt(tm.get('mean_auroc'))} over "
+                   f"{esc(tm.get('n_findings', 0))} finding(s) (the pseudo-report generator's own sentences: "
+                   f"closer to supervised template matching than to zero-shot).</p>")
     out.append(img_bytes(plots.zeroshot_forest(r), "zero-shot AUROC forest plot"))
     skipped = r.get("skipped_findings") or {}
     if skipped:
@@ -41,7 +47,8 @@ def html(r: Mapping, assets: Assets) -> str:
 
 def console(zs: Mapping) -> list[str]:
     """The zero-shot AUROC table: within-source first, pooled with its CI, source-only beside it."""
-    lines = ["Zero-shot classification, AUROC. Sources are a shortcut, so report within them:",
+    lines = [f"Zero-shot classification, AUROC ({zs.get('prompt_set') or 'prompts: ' + str(zs.get('prompts', '?'))}). "
+             "Sources are a shortcut, so report within them:",
              "  within-source = mean of per-source AUROCs (sources with >= 10 pos and >= 10 neg);",
              "  source-only = what knowing only the source achieves (in-sample)."]
     w = max([len("finding")] + [len(f) for f in zs["findings"]])
@@ -53,6 +60,23 @@ def console(zs: Mapping) -> list[str]:
                      f"{r['n_pos']:5d}  {r['n_neg']:5d}  {len(r['per_source'])}")
     lines.append(f"  {'mean'.ljust(w)}  {cell(zs['mean_within_source_auroc'])}  {cell(zs['mean_auroc'])}  "
                  f"{'':16}  {cell(zs.get('mean_source_only_auroc'), 8)}")
+    tm = template_matched_line(zs)
+    if tm:
+        lines.append(tm)
     if zs.get("skipped_findings"):
         lines.append("  not scored (reasons in results.json skipped_findings): " + ", ".join(zs["skipped_findings"]))
     return lines
+
+
+def template_matched_line(result: Mapping) -> str | None:
+    """The console line for the template-matched means, labelled so (None when it was not scored)."""
+    tm = result.get("template_matched") or {}
+    if "mean_auroc" not in tm:
+        return None
+
+    def fmt(x):
+        return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+
+    return (f"  template-matched prompts (the generator's own sentences; not zero-shot): within "
+            f"{fmt(tm.get('mean_within_source_auroc'))}  pooled {fmt(tm.get('mean_auroc'))}  "
+            f"over {tm.get('n_findings', 0)} finding(s)")
