@@ -201,6 +201,24 @@ def test_uvicorn_answers_a_stalled_upload_408_and_caps_connections():
     assert app.in_flight == 0
 
 
+def test_connections_that_never_finish_their_headers_are_closed():
+    """Slowloris: half-sent request lines must not hold the connection cap."""
+    from cxrfm.serve.app import ServeSettings
+
+    with Uvicorn(BodyLimit(Echo(), 1000, 1000), ServeSettings(max_connections=3, header_timeout_s=0.5)) as addr:
+        stalled = [socket.create_connection(addr, timeout=15) for _ in range(3)]
+        for s in stalled:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\n")  # no blank line: the headers never end
+        for s in stalled:
+            assert _drained(s)  # closed by the server, no reply
+            s.close()
+        time.sleep(0.2)
+        ok = _start_upload(addr, 10, b"0123456789")
+        assert _status_line(ok).startswith(b"HTTP/1.1 200")
+        assert _drained(ok)  # kept alive, then closed: no next request within the header timeout
+        ok.close()
+
+
 def _drained(s: socket.socket) -> bool:
     """True once the peer has closed (recv returns b"")."""
     while True:

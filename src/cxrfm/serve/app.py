@@ -52,6 +52,7 @@ class ServeSettings(AnalyzeSettings):
     body_idle_s: float = 10.0  # longest silence while a body arrives; then 408 and its memory is freed
     body_deadline_s: float = 120.0  # longest time for a whole body (20 MB at ~1.4 Mbit/s)
     max_connections: int = 64  # uvicorn's limit_concurrency: connections + tasks, then 503
+    header_timeout_s: float = 10.0  # a connection whose request headers take longer is closed
     keep_alive_s: int = 5  # an idle keep-alive connection closes after this
 
 

@@ -87,8 +87,48 @@ def uvicorn_config(app, sock: socket.socket, settings):
 
     host, port = sock.getsockname()[:2]
     return uvicorn.Config(app, host=host, port=port, log_level="info",
+                          http=header_timeout_protocol(settings.header_timeout_s),
                           limit_concurrency=settings.max_connections,  # beyond it: 503 at once
                           timeout_keep_alive=settings.keep_alive_s)  # idle keep-alive connections close
+
+
+def header_timeout_protocol(seconds: float):
+    """Uvicorn's h11 protocol, closing a connection whose request headers are not complete in ``seconds``.
+
+    Uvicorn has no header timeout: a client that sends half a request line and waits keeps its
+    connection, and ``max_connections`` of them answer every other client 503 for as long as they like
+    (tried: 3 such sockets held a cap of 3 indefinitely). The timer runs from the connection's start and
+    from each response's end; it closes only a connection with no request in progress."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm()  # the next request on this connection gets the same time for its headers
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            if not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(seconds, self._headers_overdue)
+
+        def _headers_overdue(self):
+            in_progress = self.cycle is not None and not self.cycle.response_complete
+            if not in_progress and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def run_server(app, sock: socket.socket, settings) -> None:
