@@ -140,9 +140,10 @@ class Analyzer:
     def analyze_bytes(self, data: bytes, name: str = "upload", settings: AnalyzeSettings | None = None
                       ) -> dict[str, Any]:
         """The full analysis of one upload. Raises ImageReadError / UploadTooLarge / Refused."""
-        return self.analyze(self.decode(data, name, settings))
+        return self.analyze(self.decode(data, name, settings), source=data)
 
-    def analyze(self, img: torch.Tensor) -> dict[str, Any]:
+    def analyze(self, img: torch.Tensor, source: bytes | str | Path | None = None) -> dict[str, Any]:
+        """Everything about one (1, H, W) image; ``source`` (its bytes or path) lets the gate see its colour."""
         from ..data.images import letterbox_geometry
         from .gradcam import finding_heatmap, heatmap_png_data_url
         from .report import structured_report
@@ -151,14 +152,12 @@ class Analyzer:
         x = self._prepare(img)  # (1, 1, S, S)
         with torch.no_grad():
             emb = self.model.encode_image(x, normalize=True).float()  # (1, D)
-        comps = {k: float(v[0]) for k, v in self.gate.component_scores([img], emb).items()}
-        ood_score = float(self.gate.combine({k: torch.tensor([v]) for k, v in comps.items()})[0])
-        ood = {"score": ood_score, "threshold": float(self.gate.threshold), "components": comps,
-               "tpr": self.gate.tpr}
-        if ood_score < self.gate.threshold:
-            raise Refused("This image does not look like a chest radiograph (out-of-distribution score "
-                          f"{ood_score:.2f} < threshold {self.gate.threshold:.2f}), so it was not analysed. "
-                          "Upload a frontal or lateral chest X-ray (PNG, JPEG or DICOM).", ood)
+        v = self.gate.verdict(img, emb, source=source)
+        ood = {"score": v["score"], "threshold": v["threshold"], "components": v["components"],
+               "tpr": self.gate.tpr, "reason": v["reason"]}
+        if not v["passed"]:
+            raise Refused(f"This image does not look like a chest radiograph ({v['reason']}), so it was not "
+                          "analysed. Upload a frontal or lateral chest X-ray (PNG, JPEG or DICOM).", ood)
         probs = self.head.predict(emb)[0]  # (F,) the evaluated head's answer
         prob = {f: float(p) for f, p in zip(self.findings, probs)}
         ranked = [f for f in sorted(self.findings, key=lambda f: -prob[f]) if f != "No Finding"]
@@ -208,7 +207,8 @@ class Analyzer:
             "embed_dim": self.model.embed_dim,
             "ood_gate": {"threshold": self.gate.threshold, "tpr": self.gate.tpr, "weights": self.gate.weights,
                          "k": self.gate.k, "n_reference": self.n_reference,
-                         "reference": self.settings.ood_reference or "bundled sample"},
+                         "reference": self.settings.ood_reference or "bundled sample",
+                         "model_free": self.gate.model_free.provenance if self.gate.model_free is not None else None},
             "index": ({"n": len(self.index), **{k: v for k, v in self.index.meta.items() if not isinstance(v, (list, dict))}}
                       if self.index is not None else None),
             "version": __version__,
