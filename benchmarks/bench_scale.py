@@ -13,6 +13,8 @@ Three measurements, each single-threaded (per core) unless stated:
   image: PNG decode + resize to 224 (``decode_sample``), the same from shards written at 224 (decode
   only), the whole stream (tar read, shuffle buffer, decode + resize) in one process, and the source
   files (``read_image`` + letterbox); bytes per stored sample (storage per pair).
+* ``memory`` (``--config``, default base-gpu): activation bytes autograd saves per sample under bf16
+  autocast (on CPU), and parameter + gradient + AdamW bytes: the inputs of the per-rank memory estimate.
 
     python benchmarks/bench_scale.py --rows 1000000 --batch 2048 --images 256 --out scale.json
 """
@@ -66,15 +68,11 @@ def bench_manifest(n: int, seed: int, folder: Path) -> dict:
     synthetic_table(n, seed).to_csv(path, index=False)
     made = time.perf_counter() - t
     rss0 = peak_rss_mb()
-    t = time.perf_counter()
-    m = Manifest.load(path)
-    load = time.perf_counter() - t
-    t = time.perf_counter()
-    m.content_hash()
-    hashed = time.perf_counter() - t
-    t = time.perf_counter()
-    texts = training_texts(m, skip=True)
-    text_s = time.perf_counter() - t
+    got: dict = {}
+    load = timed(lambda: got.update(m=Manifest.load(path)))
+    hashed = timed(lambda: got["m"].content_hash())
+    text_s = timed(lambda: got.update(texts=training_texts(got["m"], skip=True)))
+    texts = got["texts"]
     return {"rows": n, "csv_mb": path.stat().st_size / 2**20, "write_csv_s": made, "load_validate_s": load,
             "content_hash_s": hashed, "training_texts_s": text_s, "texts": sum(x is not None for x in texts),
             "peak_rss_mb_before_load": rss0, "peak_rss_mb_after": peak_rss_mb()}
@@ -99,19 +97,21 @@ def bench_curation(n: int, batch: int, seed: int, repeats: int = 20) -> dict:
         return a, b
 
     cur = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     cur.begin_epoch(0, embed)
     warm = time.perf_counter() - t - embed_s
-    times = []
+    warm_cpu = time.process_time() - c - embed_s  # (embed's wall time, about its CPU time single-threaded)
+    times, cpu = [], []
     for _ in range(repeats):
         idx = rng.choice(n, size=batch, replace=False)
         img, txt = embed(idx)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         cur.select(0, idx, img, txt)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     return {"rows": n, "batch": batch, "dim": dim, "warmup_rows": int(cur.embedded_rows),
-            "warmup_kmeans_s": warm, "select_ms_median": 1000 * float(np.median(times)),
-            "select_ms_p90": 1000 * float(np.quantile(times, 0.9))}
+            "warmup_kmeans_s": warm, "warmup_kmeans_cpu_s": warm_cpu, "select_ms_median": 1000 * float(np.median(times)),
+            "select_ms_p90": 1000 * float(np.quantile(times, 0.9)), "select_cpu_ms_median": 1000 * float(np.median(cpu))}
 
 
 def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
@@ -128,39 +128,62 @@ def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
     rows = np.sort(np.random.default_rng(seed).choice(len(full), size=min(n_images, len(full)), replace=False))
     sub = full.subset(rows)
     sub.save(folder / "img.csv")
-    t = time.perf_counter()
-    write_shards(folder / "img.csv", folder / "shards", size=256, per_shard=64)
-    write_s = time.perf_counter() - t
-    shards = ShardSet.open(folder / "shards")
-    raw = [(d, e) for s in range(len(shards.shards)) for _, d, e in shards.iter_raw(s)]
-    t = time.perf_counter()
-    for d, e in raw:
-        decode_sample(d, e, 224)
-    dec = time.perf_counter() - t
+    write_s = timed(lambda: write_shards(folder / "img.csv", folder / "shards", size=256, per_shard=64))
     write_shards(folder / "img.csv", folder / "shards224", size=224, per_shard=64)  # at the training size
-    at224 = ShardSet.open(folder / "shards224")
+    shards, at224 = ShardSet.open(folder / "shards"), ShardSet.open(folder / "shards224")
+    raw = [(d, e) for s in range(len(shards.shards)) for _, d, e in shards.iter_raw(s)]
     raw224 = [(d, e) for s in range(len(at224.shards)) for _, d, e in at224.iter_raw(s)]
-    t = time.perf_counter()
-    for d, e in raw224:
-        decode_sample(d, e, 224)
-    dec224 = time.perf_counter() - t
-    t = time.perf_counter()
-    for p in sub.image_paths():
-        letterbox(read_image(p), 224)
-    src = time.perf_counter() - t
     wanted = np.ones(shards.n_samples, dtype=bool)
-    t = time.perf_counter()
-    n = sum(1 for _ in iter(ShardStream(shards, wanted, seed=0, epoch=0, rank=0, world=1, workers=1, buffer=256,
-                                        image_size=224)))
-    stream_s = time.perf_counter() - t
-    total_bytes = sum(s.bytes for s in shards.shards)
-    return {"images": len(raw), "shard_write_images_per_s": len(raw) / write_s,
-            "decode_resize_224_images_per_s": len(raw) / dec, "decode_224_stored_at_224_images_per_s": len(raw224) / dec224,
-            "stream_images_per_s": n / stream_s,
-            "source_read_letterbox_224_images_per_s": len(raw) / src,
-            "bytes_per_sample_256px": total_bytes / len(raw),
-            "bytes_per_sample_224px": sum(s.bytes for s in at224.shards) / len(raw224),
-            "source_sizes": sorted({f"{w}x{h}" for w, h in zip(sub.table.get("width", []), sub.table.get("height", []))})[:5]}
+    runs = {
+        "decode_resize_256_to_224": lambda: [decode_sample(d, e, 224) for d, e in raw],
+        "decode_stored_at_224": lambda: [decode_sample(d, e, 224) for d, e in raw224],
+        "stream_256_to_224": lambda: list(iter(ShardStream(shards, wanted, seed=0, epoch=0, rank=0, world=1,
+                                                           workers=1, buffer=256, image_size=224))),
+        "source_read_letterbox_224": lambda: [letterbox(read_image(p), 224) for p in sub.image_paths()],
+    }
+    out = {"images": len(raw), "shard_write_images_per_s": {k: len(raw) / v for k, v in write_s.items()}}
+    for name, fn in runs.items():
+        out[f"{name}_images_per_s"] = {k: len(raw) / v for k, v in timed(fn).items()}
+    out["bytes_per_sample_256px"] = sum(s.bytes for s in shards.shards) / len(raw)
+    out["bytes_per_sample_224px"] = sum(s.bytes for s in at224.shards) / len(raw224)
+    return out
+
+
+def timed(fn) -> dict:
+    """Seconds of ``fn()``: wall clock, and this process's CPU time (per core when the machine is shared)."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return {"wall": time.perf_counter() - w, "cpu": time.process_time() - c}
+
+
+def bench_memory(config: str, batch: int = 2) -> dict:
+    """Bytes autograd saves for the backward per sample (the activations), under bf16 autocast on CPU,
+    and the parameter/gradient/AdamW bytes of the trainable parameters (fp32: 4 + 4 + 8 per parameter)."""
+    from cxrfm.config import load_config
+    from cxrfm.models.factory import build_model
+
+    model_cfg, _ = load_config(config)
+    model = build_model(model_cfg, seed=0).train()
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    s = model.image_size
+    x = torch.rand(batch, 1, s, s)
+    texts = ["The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."] * batch
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, texts)
+    out.image_emb.float().sum().backward()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"config": config, "image_size": s, "saved_activation_mb_per_sample": saved / batch / 2**20,
+            "trainable_params_m": trainable / 1e6, "frozen_params_m": frozen / 1e6,
+            "param_grad_adam_gb": (16 * trainable + 4 * frozen) / 2**30,
+            "note": "CPU autocast bf16; SDPA on GPU (flash/memory-efficient) saves no (N, N) attention maps, "
+                    "so this is an upper bound for the attention part"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic manifest / curator")
     ap.add_argument("--batch", type=int, default=2048, help="gathered global batch for select (default 2048)")
     ap.add_argument("--images", type=int, default=256, help="real images for the decode measurement")
-    ap.add_argument("--parts", default="manifest,curation,decode")
+    ap.add_argument("--parts", default="manifest,curation,decode", help="any of manifest,curation,decode,memory")
+    ap.add_argument("--config", default="base-gpu", help="preset for the memory part (default base-gpu)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args(argv)
@@ -184,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 result[part] = bench_curation(args.rows, args.batch, args.seed)
             elif part == "decode":
                 result[part] = bench_decode(args.images, args.seed, tmp)
+            elif part == "memory":
+                result[part] = bench_memory(args.config)
             else:
                 print(f"unknown part {part!r}", file=sys.stderr)
                 return 2
