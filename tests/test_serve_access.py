@@ -155,6 +155,8 @@ def test_bad_model_and_index_folders_are_clear_errors(capsys, tmp_path, run_dir)
     assert rc == 2 and "not an index folder" in err and "cxrfm index" in err
     rc, _, err = _serve(capsys, "--model", str(run_dir), "--port", port, "--concurrency", "0")
     assert rc == 2 and "--concurrency" in err
+    rc, _, err = _serve(capsys, "--model", str(run_dir), "--port", port, "--ood-reference", str(tmp_path / "x.csv"))
+    assert rc == 2 and "--ood-reference" in err and "no such manifest" in err
 
 
 def test_banner_points_to_the_page_and_the_spec_and_settings_reach_the_server(capsys, run_dir, monkeypatch):

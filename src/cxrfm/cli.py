@@ -360,6 +360,9 @@ def _run_serve(args) -> int:
                         ("--body-timeout", args.body_timeout)):
         if not value > 0:
             raise CxrfmError(f"{flag} {value}: must be a positive number")
+    if args.ood_reference is not None and not args.ood_reference.is_file():
+        raise CxrfmError(f"--ood-reference {args.ood_reference}: no such manifest; give a manifest of chest "
+                         "radiographs (csv/parquet) or leave it out to use the bundled sample")
     warning = check_exposure(args.host, token, args.insecure)
     sock = bind_socket(args.host, args.port)  # before the slow model load: a taken port fails at once
     if warning:
