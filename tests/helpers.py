@@ -113,11 +113,11 @@ def tiny_index(run: Path) -> Path:
     import pandas as pd
 
     from cxrfm.models.dual import load_model
-    from cxrfm.inference.gate import embed_images
+    from cxrfm.inference.embed import embed_image_list
     from cxrfm.tasks.retrieval import build_index, save_index
 
     df = pd.read_csv(run.parent / "train_manifest.csv")
-    emb = embed_images(load_model(run), list(df["image"])).numpy()
+    emb = embed_image_list(load_model(run), list(df["image"])).numpy()
     reports = [r if isinstance(r, str) and r.strip() else f"Labels: {lab}"
                for r, lab in zip(df["report"], df["labels"])]
     save_index(build_index(emb, [Path(p).name for p in df["image"]], reports, {"model": run.name}), out)

@@ -112,9 +112,9 @@ def test_test_time_update_is_deterministic_bounded_and_off_by_default(model, hel
         OODGate,
         _label_embeddings,
         default_reference_images,
-        embed_images,
         neglabel_scores,
     )
+    from cxrfm.inference.embed import embed_image_list as embed_images
     from cxrfm.inference.tanl import TestTimeSettings
     from cxrfm.tasks.ood import non_cxr_images
 

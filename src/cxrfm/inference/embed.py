@@ -8,6 +8,7 @@ silently wrong score.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -82,3 +83,31 @@ def embed_texts(model: DualEncoderLike, texts: Sequence[str], batch_size: int = 
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out)
+
+
+class ImageList:
+    """An :class:`ImageBatches` over (1, H, W) tensors and/or image file paths: ``batch(indices)``
+    reads the paths and letterboxes to ``size`` on request (uncached: for one-off inputs)."""
+
+    def __init__(self, items: Sequence[torch.Tensor | str | Path], size: int):
+        self.items = list(items)
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        from ..data.images import letterbox, read_image
+
+        out = []
+        for i in indices:
+            x = self.items[int(i)]
+            out.append(letterbox(read_image(x) if isinstance(x, (str, Path)) else x, self.size))
+        return torch.stack(out)  # (B, 1, S, S)
+
+
+def embed_image_list(model: DualEncoderLike, images: Sequence[torch.Tensor | str | Path], batch_size: int = 32,
+                     progress: bool = False) -> torch.Tensor:
+    """L2-normalised embeddings (N, D) float32 tensor of (1, H, W) tensors or image paths."""
+    return torch.from_numpy(embed_images(model, ImageList(images, int(model.image_size)), batch_size=batch_size,
+                                         progress=progress))

@@ -32,6 +32,7 @@ import torch
 
 from ..data.findings import FINDINGS
 from ..errors import ConfigError
+from .embed import embed_image_list
 from .gate_model_free import ModelFreeGate, load_model_free_gate
 from .tanl import ActivatedNegativeLabels, TestTimeSettings, noise_images
 
@@ -58,36 +59,6 @@ def ood_prompts(labels: dict | None = None) -> tuple[list[str], list[str]]:
     templates = labels["negative_templates"]
     neg = [t.format(w) for w in labels["negative"] for t in templates[:1]]
     return pos, neg
-
-
-def prepare_images(images: Sequence[torch.Tensor] | torch.Tensor, size: int) -> torch.Tensor:
-    """Letterbox a list of (1, H, W) tensors (or a ready (B, 1, S, S) batch) to (B, 1, size, size)."""
-    from ..data.images import letterbox
-
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return images.to(torch.float32)
-    if isinstance(images, torch.Tensor):
-        images = [images]
-    return torch.stack([letterbox(im, size) for im in images])  # (B, 1, S, S)
-
-
-@torch.no_grad()
-def embed_images(model, images, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    """L2-normalised image embeddings (N, D) of (1, H, W) tensors or file paths, in batches."""
-    from ..data.images import read_image
-
-    items = list(images)
-    out = []
-    rng = range(0, len(items), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        rng = tqdm(rng, desc="embed", unit="batch")
-    for i in rng:
-        chunk = [read_image(x) if isinstance(x, (str, Path)) else x for x in items[i:i + batch_size]]
-        x = prepare_images(chunk, model.image_size)
-        out.append(model.encode_image(x, normalize=True).float())
-    return torch.cat(out) if out else torch.zeros((0, 0))
 
 
 def neglabel_scores(image_emb: torch.Tensor, pos_text: torch.Tensor, neg_text: torch.Tensor,
@@ -184,7 +155,7 @@ class OODGate:
         if len(images) < 2 * self.k:
             raise ConfigError(f"the OOD gate needs at least {2 * self.k} in-distribution CXRs to fit, got "
                               f"{len(images)}; give a larger reference manifest")
-        self.reference = embed_images(self.model, images, progress=progress)
+        self.reference = embed_image_list(self.model, images, progress=progress)
         self.reference_pixels = pixel_features(images) if self.weights.get("pixels", 0) else None
         self._fit_emb = self.reference
         self.reset_memory()
@@ -254,7 +225,7 @@ class OODGate:
         if sources is None:
             sources = [x if isinstance(x, (str, Path)) else None for x in images]
         images = _as_tensors(images)
-        emb = embed_images(self.model, images) if emb is None else emb.float().reshape(len(images), -1)
+        emb = embed_image_list(self.model, images) if emb is None else emb.float().reshape(len(images), -1)
         pix = pixel_features(images) if self.weights.get("pixels", 0) else None
         comps = self._components(emb, pix, update=True)
         verdicts = None

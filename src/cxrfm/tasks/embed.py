@@ -16,24 +16,16 @@ import numpy as np
 import torch
 
 from ..data.schema import Manifest
-from ..inference.embed import (DualEncoderLike, EmbeddingError, ImageBatches,  # noqa: F401 - re-exported
+from ..inference.embed import (DualEncoderLike, EmbeddingError, ImageBatches, ImageList,  # noqa: F401
                                embed_images, embed_texts)
 
 
-class FileImages:
-    """Decode-on-request image source: ``batch(indices)`` reads and letterboxes each file."""
+class FileImages(ImageList):
+    """Decode-on-request image source of a manifest: ``batch(indices)`` reads and letterboxes each file."""
 
     def __init__(self, manifest: Manifest, size: int):
-        self.paths = manifest.image_paths()
-        self.size = int(size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        from ..data.images import letterbox, read_image
-
-        return torch.stack([letterbox(read_image(self.paths[int(i)]), self.size) for i in indices])  # (B, 1, S, S)
+        super().__init__(manifest.image_paths(), size)
+        self.paths = self.items
 
 
 def open_image_cache(manifest: Manifest, size: int, cache_dir: str | Path | None = None,
