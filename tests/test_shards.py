@@ -207,3 +207,13 @@ def test_skip_counts_match_round_robin():
 def test_shuffle_buffer_is_a_permutation():
     out = list(shuffle_buffer(iter(range(30)), 4, np.random.default_rng(0)))
     assert sorted(out) == list(range(30)) and out != list(range(30))
+
+
+def test_unreadable_source_image_names_the_row(small_manifest, tmp_path, capsys):
+    m = Manifest.load(small_manifest)
+    m.table.loc[3, "image"] = "images/no_such_file.png"
+    m.save(tmp_path / "bad.csv")
+    assert main(["shard", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_file.png" in err and "row 5" in err and "cxrfm shard" in err
+    assert not (tmp_path / "out" / "index.json").exists()  # no index: the folder is not a shard set
