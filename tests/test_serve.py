@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from tests.helpers import (  # noqa: E402
-    HELD_OUT, bomb_png, dicom_without_pixels, natural_png, png_bytes, tiny_index,
+    HELD_OUT, TRAIN_ROWS, bomb_png, dicom_without_pixels, natural_png, png_bytes, tiny_index,
 )
 
 
