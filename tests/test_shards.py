@@ -63,10 +63,12 @@ def test_shard_writes_webdataset_layout_and_index(shards, small_manifest):
     opened = ShardSet.open(shards)
     opened.verify()
     m = opened.manifest()
-    assert len(m) == 22 and list(m.table["source_image"]) == src.ids  # rows in shard order, original ids kept
+    assert len(m) == 22 and m.ids == src.ids  # rows in shard order, the source ids kept
     # random access (a curator's embed) returns the same bytes as the sequential read
     seq = {row: data for row, data, _ in opened.iter_raw(3)}
     assert opened.read_rows([17, 16]) == [(seq[17], ".png"), (seq[16], ".png")]
+    assert [d for d, _ in opened.read_rows([21, 2, 16])] == [d for r in (21, 2, 16) for row, d, _ in
+                                                              opened.iter_raw(int(opened.shard_of([r])[0])) if row == r]
 
 
 def test_same_manifest_same_shard_bytes(small_manifest, shards, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from cxrfm.cli import main
 from cxrfm.data.schema import Manifest
-from cxrfm.errors import ConfigError
+from cxrfm.errors import ConfigError, RunDirError
 from cxrfm.run import RunDir
 from cxrfm.train.loop import pretrain
 
@@ -44,6 +44,8 @@ def test_cli_pretrain_streams_shards_with_online_curation(shards, tmp_path, one_
     epochs = [m for m in lines if m["type"] == "epoch"]
     assert len(epochs) == 2 and epochs[0]["kept"] < epochs[0]["seen"]
     assert json.loads(run.config.read_text())["run"]["shards"]  # the shard index is part of the identity
+    # kept ids are the source manifest's row ids (its image paths), as a run on that manifest reports them
+    assert set(cur["kept_ids"]) <= set(Manifest.load(shards.parent / "manifest.csv").ids)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -65,7 +67,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(shards, tmp_path, workers,
 def test_resume_with_other_stream_settings_is_refused(shards, tmp_path, one_torch_thread):
     kw = dict(curate="none", epochs=1, overrides=TINY, progress=False)
     pretrain(shards, tmp_path / "r", max_steps=1, stream={"shuffle_buffer": 5}, **kw)
-    with pytest.raises(Exception, match="shuffle_buffer"):
+    with pytest.raises(RunDirError, match="shuffle_buffer"):
         pretrain(shards, tmp_path / "r", resume=True, stream={"shuffle_buffer": 7}, **kw)
 
 

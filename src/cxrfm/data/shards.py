@@ -12,7 +12,8 @@ The folder::
 
     SHARDS/index.json         format, size, per shard: name, count, first_row, bytes, sha256 (the commit point)
     SHARDS/manifest.parquet   the manifest rows in shard order, without pixels (texts and labels for
-                              curators that need every row's text before the first batch)
+                              curators that need every row's text before the first batch); its
+                              ``image`` column keeps the source ids, the paths are not read again
     SHARDS/shard-000000.tar   samples first_row .. first_row + count - 1, in manifest order
 
 Row ``p`` of ``manifest.parquet`` is sample key ``p`` (nine digits) in the shard whose range holds it.
@@ -150,10 +151,9 @@ def write_shards(manifest: Manifest | str | Path, out: str | Path, size: int = 2
         shards.append({"name": name, "count": len(rows), "first_row": first, "bytes": path.stat().st_size,
                        "sha256": _sha256(path)})
     bar.close()
-    table = manifest.table.copy()
-    table["image"] = [sample_key(r) + ".png" for r in range(len(table))]  # ids now name the sample key
-    table["source_image"] = manifest.table["image"].astype(str)  # the original path, for the record
-    write_table(table, out / TABLE)
+    # The rows as they are: ``image`` stays the row id (curation.json's kept ids, training_data.json match
+    # the source manifest's); the paths are not read again, the pixels are in the shards.
+    write_table(manifest.table, out / TABLE)
     index = {"format": FORMAT, "version": VERSION, "size": int(size), "n_samples": len(manifest),
              "manifest_hash": manifest.content_hash(), "shards": shards}
     with atomic_path(out / INDEX) as tmp:
@@ -261,17 +261,19 @@ class ShardSet:
     def read_rows(self, rows) -> list[tuple[bytes, str]]:
         """Image bytes of arbitrary rows, by seeking to their tar members (for a curator's ``embed``)."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = []
-        for row, shard in zip(rows, self.shard_of(rows)):
+        out: list = [None] * len(rows)
+        where = self.shard_of(rows)
+        for shard in np.unique(where):  # one open per shard, reads in file order
             members = self._member_table(int(shard))
-            key = sample_key(int(row))
-            if key not in members:
-                raise ShardError(f"{self.folder / self.shards[shard].name}: no sample {key}; write the shards "
-                                 f"again with `cxrfm shard`")
-            offset, size, ext = members[key]
-            with open(self.folder / self.shards[shard].name, "rb") as f:
-                f.seek(offset)
-                out.append((f.read(size), ext))
+            path = self.folder / self.shards[shard].name
+            with open(path, "rb") as f:
+                for i in sorted(np.flatnonzero(where == shard), key=lambda j: rows[j]):
+                    key = sample_key(int(rows[i]))
+                    if key not in members:
+                        raise ShardError(f"{path}: no sample {key}; write the shards again with `cxrfm shard`")
+                    offset, size, ext = members[key]
+                    f.seek(offset)
+                    out[i] = (f.read(size), ext)
         return out
 
     def _member_table(self, shard: int) -> dict:
