@@ -20,7 +20,7 @@ from sklearn.metrics import f1_score
 from cxrfm.data.findings import CHEXPERT_14, CHEXPERT_5, FINDINGS
 from cxrfm.data.labeler import label_reports
 from cxrfm.data.reports import report_body
-from cxrfm.tasks import report
+from cxrfm.tasks import report, report_text
 from cxrfm.tasks.embed import FileImages
 from cxrfm.tasks.probe import resolve_split
 from cxrfm.inference.report import structured_report
@@ -108,11 +108,11 @@ def test_labeler_f1_end_to_end_and_structured_text_cleaning():
 
 
 def test_radeval_is_skipped_with_the_reason(monkeypatch):
-    real = report.importlib.util.find_spec
-    monkeypatch.setattr(report.importlib.util, "find_spec",
+    real = report_text.importlib.util.find_spec
+    monkeypatch.setattr(report_text.importlib.util, "find_spec",
                         lambda name, *a: None if name == "RadEval" else real(name, *a))
-    assert "not installed" in report.radeval_status()["skipped"]
-    assert "never downloads" in report.radeval_status()["skipped"]
+    assert "not installed" in report_text.radeval_status()["skipped"]
+    assert "never downloads" in report_text.radeval_status()["skipped"]
     # installed but without cached weights: a skip naming the error, and the offline switch is restored
     fake = types.ModuleType("RadEval")
 
@@ -121,11 +121,11 @@ def test_radeval_is_skipped_with_the_reason(monkeypatch):
 
     fake.RadEval = _no_weights
     monkeypatch.setitem(sys.modules, "RadEval", fake)
-    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(report_text.importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    status = report.radeval_status()
+    status = report_text.radeval_status()
     assert "do not load offline" in status["skipped"] and "OSError" in status["skipped"]
-    assert "HF_HUB_OFFLINE" not in report.os.environ
+    assert "HF_HUB_OFFLINE" not in report_text.os.environ
 
 
 # ---------------------------------------------------------------- the task on real rows
@@ -158,6 +158,10 @@ def test_run_result_contract_and_mixed_reference(result, subset):
     assert ref["report_text"] + ref["row_labels"] == result["n"]
     assert result["headline_method"] == "structured"
     assert result["label_f1"] == result["structured"]["label_f1"]
+    # the clinical-error metric scores every pair with reference text, the same function as score-reports
+    ce = result["clinical_errors"]
+    assert ce == result["structured"]["clinical_errors"] and ce["n"] == result["structured"]["n_text_pairs"] > 0
+    assert 0.0 <= ce["mean_score"] <= 1.0 and set(ce) >= {"false_finding", "missed_finding", "wrong_location"}
     assert 0 <= result["bleu4"] <= 1 and 0 <= result["rouge_l"] <= 1
     assert result["retrieval"]["n_text_pairs"] == ref["report_text"]
     lo, hi = result["label_f1"]["micro_14_ci"]

@@ -33,8 +33,6 @@ package imports and its weights are already on disk: nothing is downloaded.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 from typing import TYPE_CHECKING, Sequence
 
@@ -43,6 +41,7 @@ import numpy as np
 from ..data.findings import CHEXPERT_14, CHEXPERT_5, FINDINGS
 from ..data.report_errors import score_reports, summarize_scores
 from ..data.reports import report_body
+from .report_text import bleu4, radeval_scores, radeval_status, rouge_l  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from .suite import EvalContext
@@ -51,7 +50,6 @@ METHODS: tuple[str, ...] = ("retrieval", "structured")
 # Fixed before scoring: picking the better method on the evaluation rows would be optimistic.
 HEADLINE_METHOD = "structured"
 N_EXAMPLES = 3
-ROUGE_STEMMER = True
 
 _IDX14 = [FINDINGS.index(f) for f in CHEXPERT_14]  # CHEXPERT_14 columns of a FINDINGS-ordered label matrix
 _IDX5 = [CHEXPERT_14.index(f) for f in CHEXPERT_5]  # CHEXPERT_5 columns of a CHEXPERT_14-ordered matrix
@@ -154,62 +152,6 @@ def report_label_f1(generated: np.ndarray, reference: np.ndarray, known: np.ndar
 
 
 # ---------------------------------------------------------------- lexical metrics
-def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 (sacrebleu, lower-cased, 13a tokenizer) as a fraction in [0, 1]."""
-    import sacrebleu
-
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score / 100.0)
-
-
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (rouge-score, Porter-stemmed) over hypothesis/reference pairs."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=ROUGE_STEMMER)
-    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]))
-
-
-def radeval_status() -> dict:
-    """``{"skipped": why}`` unless the RadEval package imports and its models load from disk alone.
-
-    The check forces the Hugging Face Hub offline, so a missing weight file is a skip, never a download.
-    """
-    if importlib.util.find_spec("RadEval") is None:
-        return {"skipped": "the RadEval package is not installed (F1-CheXbert, RadGraph F1 and GREEN need it and "
-                           "its model weights from the Hugging Face Hub; cxrfm never downloads at run time — "
-                           "install RadEval and cache its weights to enable these metrics)"}
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        from RadEval import RadEval  # noqa: N813 - the package's own name
-
-        RadEval(do_chexbert=True, do_radgraph=True)
-    except Exception as e:  # noqa: BLE001 - any failure to load is a reason to skip, recorded verbatim
-        return {"skipped": f"RadEval is installed but its models do not load offline "
-                           f"({type(e).__name__}: {str(e)[:200]}); cache its weights to enable it"}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return {"available": True}
-
-
-def radeval_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """RadEval's F1-CheXbert and RadGraph F1 where available (see :func:`radeval_status`)."""
-    status = radeval_status()
-    if "skipped" in status:
-        return status
-    try:
-        from RadEval import RadEval
-
-        return dict(RadEval(do_chexbert=True, do_radgraph=True)(refs=list(references), hyps=list(hypotheses)))
-    except Exception as e:  # noqa: BLE001
-        return {"skipped": f"RadEval failed: {type(e).__name__}: {str(e)[:200]}"}
-
-
-# ---------------------------------------------------------------- generators
 def text_for_scoring(report: str) -> str:
     """The clinical statements of a report: findings + impression, without structural lines.
 
