@@ -425,7 +425,9 @@ def _add_pretrain(sub):
                "  cxrfm pretrain --data data/manifest.csv --config tiny-cpu --curate prototype --budget 0.2 "
                "--epochs 10 --out runs/proto\n"
                "  cxrfm pretrain --data data/manifest.csv --curate none --out runs/full --set image_size=64\n"
-               "  torchrun --nproc-per-node 2 -m cxrfm pretrain --data data/manifest.csv --out runs/ddp")
+               "  torchrun --nproc-per-node 2 -m cxrfm pretrain --data data/manifest.csv --out runs/ddp\n"
+               "  torchrun --nproc-per-node 8 -m cxrfm pretrain --data data/shards --workers 8 --config base-gpu "
+               "--out runs/big   (shards from `cxrfm shard`; docs/scale.md)")
     p.add_argument("--data", required=True, type=Path,
                    help="manifest (.csv/.parquet) of image-report pairs, or a folder written by `cxrfm shard` "
                         "(streamed: each rank and loader worker reads its own shards; docs/scale.md)")
