@@ -104,13 +104,19 @@ def attribute_strength(codes: np.ndarray, values: np.ndarray, min_rows: int = 10
 
 
 def rank_shortcuts(codes: np.ndarray, errors: Mapping[str, np.ndarray], attributes: Mapping[str, np.ndarray] | None,
-                   names: Sequence[str] | None = None, top: int = 10) -> list[dict]:
+                   names: Sequence[str] | None = None, top: int = 10,
+                   labels: Mapping[str, np.ndarray] | None = None) -> list[dict]:
     """Suspect features, most suspicious first: [{feature, attribute, value, auroc, finding, error_auroc,
     score, name}].
 
     ``codes`` (N, M) SAE codes of the audited rows; ``errors``: finding -> (N,) 1 = zero-shot error,
     0 = correct, NaN = unlabelled; ``attributes``: name -> (N,) values (None = unknown), or None to rank
-    by error loading alone (``attribute`` is then None)."""
+    by error loading alone (``attribute`` is then None). With ``labels`` (finding -> (N,) 1 / 0 / NaN) the
+    loading is measured within each class (false positives against true negatives, false negatives against
+    true positives) and the larger kept: a shortcut towards the positive class causes false positives on
+    the negatives that carry it and false negatives on the positives that lack it, which cancel when all
+    errors are pooled; and it is multiplied by 1 - 2 |AUROC(feature, label) - 0.5|, since a feature
+    that carries the finding itself separates errors too (the classifier reads it) but is no shortcut."""
     m = codes.shape[1]
     load = np.zeros(m)
     load_finding = np.full(m, "", dtype=object)
@@ -118,7 +124,20 @@ def rank_shortcuts(codes: np.ndarray, errors: Mapping[str, np.ndarray], attribut
         known = np.isfinite(e)
         if (e[known] == 1).sum() < 2 or (e[known] == 0).sum() < 2:
             continue
-        lf = error_loading(codes[known], e[known] == 1)
+        if labels is not None and f in labels:
+            y = labels[f]
+            lf = np.zeros(m)
+            for cls in (0, 1):
+                rows = known & (y == cls)
+                if (e[rows] == 1).sum() >= 2 and (e[rows] == 0).sum() >= 2:
+                    lf = np.maximum(lf, error_loading(codes[rows], e[rows] == 1))
+            # a feature that carries the finding itself also separates errors (the classifier reads it);
+            # a shortcut predicts the errors but not the label, so loading is discounted by label relevance
+            lab = known & np.isfinite(y)
+            relevance = 2 * np.abs(np.nan_to_num(fast_auroc(y[lab] == 1, codes[lab]), nan=0.5) - 0.5)
+            lf = lf * (1 - relevance)
+        else:
+            lf = error_loading(codes[known], e[known] == 1)
         better = lf > load
         load[better], load_finding[better] = lf[better], f
     strength, attr_of, value_of, attr_auc = np.ones(m), np.full(m, None, dtype=object), np.full(m, None, dtype=object), \

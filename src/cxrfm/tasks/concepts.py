@@ -149,7 +149,8 @@ def run(context: "EvalContext") -> dict:
     bottleneck = _bottleneck(context, concepts, train_m, eval_m, emb_tr, emb_te, codes_tr, codes_te)
     errors = _zero_shot_errors(context, eval_m, emb_te)
     names = [concepts.name(f) for f in range(codes_te.shape[1])]
-    shortcuts = rank_shortcuts(codes_te, errors, attribute_values(eval_m), names) if errors else []
+    y_te = {f: eval_m.labels()[:, FINDINGS.index(f)] for f in errors}
+    shortcuts = rank_shortcuts(codes_te, errors, attribute_values(eval_m), names, labels=y_te) if errors else []
     ratios = [r["ratio"] for r in bottleneck.values() if r.get("ratio") is not None]
     return {
         "r2": metrics["r2"], "dead_fraction": metrics["dead_fraction"], "mean_active": metrics["mean_active"],
