@@ -105,3 +105,16 @@ def test_head_from_other_weights_is_not_used(evaluated, tmp_path):
     head, note = load_findings_head(other, load_model(other), list(prompts), prompts)
     assert head.kind == "zero-shot" and not head.calibration
     assert "other model weights" in note and str(path) in note
+
+
+def test_corrupt_index_and_missing_reference_are_clear_errors(tmp_path):
+    from cxrfm.errors import CxrfmError
+    from cxrfm.inference.gate import reference_images_from_manifest
+    from cxrfm.inference.index import build_index, load_index, save_index
+
+    idx = save_index(build_index(np.eye(4, dtype=np.float32), list("abcd")), tmp_path / "idx")
+    (idx / "index.faiss").write_bytes(b"not a faiss index")
+    with pytest.raises(CxrfmError, match="unreadable index.*cxrfm index"):
+        load_index(idx)
+    with pytest.raises(CxrfmError, match="no such manifest"):
+        reference_images_from_manifest(tmp_path / "nowhere.csv")

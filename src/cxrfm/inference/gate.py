@@ -340,10 +340,14 @@ def default_reference_images(n: int = 200, rng: np.random.Generator | None = Non
 def reference_images_from_manifest(manifest_path: str | Path, n: int = 200,
                                    rng: np.random.Generator | None = None) -> list[Path]:
     """Up to ``n`` image paths of a manifest (lateral views left out), drawn with ``rng``."""
-    import pandas as pd
+    from ..data.schema import read_table
+    from ..errors import ManifestError
 
     manifest_path = Path(manifest_path)
-    df = pd.read_csv(manifest_path) if manifest_path.suffix == ".csv" else pd.read_parquet(manifest_path)
+    if not manifest_path.is_file():
+        raise ManifestError(f"{manifest_path}: no such manifest; give the OOD gate a manifest of chest X-rays "
+                            "(or leave it out to use the bundled sample)")
+    df = read_table(manifest_path)
     if "image" not in df.columns:
         raise ConfigError(f"{manifest_path}: no `image` column; pass a cxrfm manifest")
     if "view" in df.columns:

@@ -105,9 +105,15 @@ def load_index(path: str | Path) -> EmbeddingIndex:
     if missing:
         raise RunDirError(f"{path}: not an index folder (missing {', '.join(missing)}); build one with "
                           f"`cxrfm index --model RUN --data MANIFEST --out {path}`")
-    index = faiss.read_index(str(path / INDEX_FILE))
-    items = read_table(path / ITEMS_FILE)
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+        items = read_table(path / ITEMS_FILE)
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        if "id" not in items.columns:
+            raise ValueError(f"{ITEMS_FILE} has no `id` column")
+    except (RuntimeError, ValueError, OSError, CxrfmError) as e:  # faiss raises RuntimeError on a bad file
+        raise RunDirError(f"{path}: unreadable index ({type(e).__name__}: {str(e).splitlines()[0][:160]}); rebuild "
+                          f"it with `cxrfm index --model RUN --data MANIFEST --out {path}`") from e
     if index.ntotal != len(items):
         raise RunDirError(f"{path}: {INDEX_FILE} holds {index.ntotal} vectors but {ITEMS_FILE} {len(items)} rows; "
                           f"rebuild the index")
