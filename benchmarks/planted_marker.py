@@ -13,7 +13,8 @@ RaVL-style (Varma et al., NeurIPS 2024) check on real chest X-rays with a shortc
    The *marker feature* is the one whose activation best predicts the marker on the audit part (this
    uses the annotation, for scoring only). Printed: its rank among the suspects, precision@1 and @5 (the
    share of the top suspects whose activation predicts the marker at AUROC >= 0.75).
-4. Mitigation: the top suspect is ablated (its contribution removed from every audit embedding) and the
+4. Mitigation: the top suspect is mean-ablated (its activation set to its audit mean in every audit
+   embedding) and the
    worst-group zero-shot AUROC (groups: marked / unmarked films) is compared before and after.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/planted_marker.py --marker square --seed 0
@@ -51,12 +52,12 @@ MARKER_AUROC = 0.75  # a suspect "is" the marker when its activation predicts th
 CORNERS = ("tl", "tr", "bl", "br")
 
 
-def stamp(img: np.ndarray, kind: str, corner: str = "tr") -> np.ndarray:
-    """Draw marker ``kind`` in ``corner`` of a (S, S) uint8 image (about a tenth of the side)."""
+def stamp(img: np.ndarray, kind: str, corner: str = "tr", scale: float = 1 / 9) -> np.ndarray:
+    """Draw marker ``kind`` in ``corner`` of a (S, S) uint8 image, ``scale`` of the side across."""
     from PIL import Image, ImageDraw, ImageFont
 
     s = img.shape[0]
-    m, pad = max(6, s // 9), max(2, s // 32)
+    m, pad = max(6, int(s * scale)), max(2, s // 32)
     x0 = pad if corner in ("tl", "bl") else s - pad - m
     y0 = pad if corner in ("tl", "tr") else s - pad - m
     pil = Image.fromarray(img)
@@ -75,7 +76,8 @@ def stamp(img: np.ndarray, kind: str, corner: str = "tr") -> np.ndarray:
     return np.asarray(pil)
 
 
-def build_data(out: Path, kind: str, seed: int, n_train: int, n_audit: int, size: int, corner: str) -> pd.DataFrame:
+def build_data(out: Path, kind: str, seed: int, n_train: int, n_audit: int, size: int, corner: str,
+               marked_fraction: float = 0.9, scale: float = 1 / 9) -> pd.DataFrame:
     """Stamped copies of the images and a manifest with split (train / audit) and marker columns."""
     from PIL import Image
 
@@ -91,7 +93,8 @@ def build_data(out: Path, kind: str, seed: int, n_train: int, n_audit: int, size
     for part, n in (("train", n_train), ("audit", n_audit)):
         idx = np.flatnonzero((parts == part) & np.isfinite(y))
         idx = np.sort(rng.permutation(idx)[:n])
-        marked = (rng.random(len(idx)) < 0.9) & (y[idx] == 1) if part == "train" else rng.random(len(idx)) < 0.5
+        marked = ((rng.random(len(idx)) < marked_fraction) & (y[idx] == 1) if part == "train"
+                  else rng.random(len(idx)) < 0.5)
         rows += [(i, part, bool(k)) for i, k in zip(idx, marked)]
     (out / "images").mkdir(parents=True, exist_ok=True)
     paths = m.image_paths()
@@ -99,7 +102,7 @@ def build_data(out: Path, kind: str, seed: int, n_train: int, n_audit: int, size
     for i, part, marked in rows:
         img = (letterbox(read_image(paths[i]), size)[0].numpy() * 255).astype(np.uint8)
         if marked:
-            img = stamp(img, kind, corner if corner != "random" else CORNERS[int(rng.integers(4))])
+            img = stamp(img, kind, corner if corner != "random" else CORNERS[int(rng.integers(4))], scale)
         name = f"images/{part}_{i}.png"
         Image.fromarray(img).save(out / name)
         r = m.table.iloc[i].to_dict()
@@ -120,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--marker", default="square", help=f"one of {', '.join(MARKERS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corner", default="tr", help=f"{', '.join(CORNERS)} or random")
+    ap.add_argument("--marked-fraction", type=float, default=0.9, help="share of training positives marked")
+    ap.add_argument("--marker-scale", type=float, default=1 / 9, help="marker size as a share of the side")
     ap.add_argument("--n-train", type=int, default=500)
     ap.add_argument("--n-audit", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=6)
@@ -135,7 +140,8 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)  # the trainer draws from its own seeded generators; this only pins torch init order
     out = a.out or Path("runs/planted_marker") / f"{a.marker}-{a.corner}-{a.seed}"
     t0 = time.time()
-    df = build_data(out, a.marker, a.seed, a.n_train, a.n_audit, 2 * a.image_size, a.corner)
+    df = build_data(out, a.marker, a.seed, a.n_train, a.n_audit, 2 * a.image_size, a.corner, a.marked_fraction,
+                    a.marker_scale)
     from cxrfm.models.dual import load_model
     from cxrfm.tasks.embed import embed_manifest
     from cxrfm.train.loop import pretrain
@@ -176,7 +182,10 @@ def main(argv=None) -> int:
     after = per_after = None
     if order:
         f = order[0]
-        contrib = codes[:, [f]] * (sae.W_dec[f].detach().numpy() * float(sae.scale))[None, :]  # (N, D)
+        # mean ablation: the feature's activation is replaced by its audit mean, so only what it says about
+        # each image is removed (zeroing it would also move every embedding by the mean contribution)
+        a_f = codes[:, [f]] - codes[:, [f]].mean()
+        contrib = a_f * (sae.W_dec[f].detach().numpy() * float(sae.scale))[None, :]  # (N, D)
         ablated = emb[au] - contrib
         ablated /= np.linalg.norm(ablated, axis=1, keepdims=True)
         after, per_after = worst_group_auroc(y, zero_shot_scores(ablated, cls)[:, 0], marker)

@@ -104,3 +104,18 @@ def test_top_concepts_of_one_image_are_its_strongest_features_with_names():
     assert [o["feature"] for o in out] == [3, 1] and out[0]["name"] == "concept 3" and out[0]["text"] == ["p3"]
     with pytest.raises(ConceptsError, match="do not match"):
         top_concepts(np.zeros(5, np.float32), c)
+
+
+def test_a_run_without_concepts_has_none_and_one_with_them_loads(tmp_path):
+    from cxrfm.inference.concepts import run_concepts
+    from cxrfm.inference.sae import save_sae
+    from cxrfm.run import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "model.safetensors").write_bytes(b"w")
+    assert run_concepts(run) is None
+    sae = MatryoshkaSAE(8, SAEConfig(sizes=(4,), k=2))
+    save_sae(sae, RunDir(run).concepts_dir, {"run": {"path": str(run), "weights_sha256": RunDir(run).weights_sha256()}})
+    assert run_concepts(run).sae.d_in == 8

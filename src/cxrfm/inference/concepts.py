@@ -165,6 +165,13 @@ def load_concepts(folder: str | Path, run: str | Path | None = None) -> Concepts
     return Concepts(sae, names, info, center)
 
 
+def run_concepts(run: str | Path) -> Concepts | None:
+    """The concepts in ``RunDir(run).concepts_dir`` (checked against the run's weights), or None when the
+    run has none yet: what ``analyze`` loads at start-up."""
+    folder = RunDir(run).concepts_dir
+    return load_concepts(folder, run) if (folder / "sae.json").is_file() else None
+
+
 def run_identity(run: str | Path) -> dict:
     rd = RunDir(run).require()
     return {"path": str(rd.path.resolve()), "weights_sha256": rd.weights_sha256()}
