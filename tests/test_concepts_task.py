@@ -114,3 +114,30 @@ def test_cli_trains_names_and_searches_concepts(run_dir, tmp_path, capsys):
     assert len(names) == info["config"]["sizes"][-1] and all("name" in n for n in names)
     assert main(["concepts", "search", "pleural effusion", "--model", str(run_dir), "--concepts", str(out)]) == 0
     assert capsys.readouterr().out.count("feature") == 5
+
+
+def test_cli_text_embeddings_need_reports(run_dir, tmp_path, capsys):
+    from cxrfm.cli import main
+
+    data = run_dir.parent / "train_manifest.csv"  # 100 rows, few with report text
+    code = main(["concepts", "train", "--model", str(run_dir), "--data", str(data), "--out", str(tmp_path / "c"),
+                 "--embeddings", "text"])
+    assert code == 2 and "have report text" in capsys.readouterr().err
+
+
+def test_cli_trains_concepts_over_report_text(run_dir, tmp_path, cxr_manifest_path, capsys):
+    from cxrfm.cli import main
+    from cxrfm.data.schema import Manifest
+
+    m = Manifest.load(cxr_manifest_path)
+    rows = [i for i, r in enumerate(m.reports()) if isinstance(r, str) and r.strip()][:80]
+    df = m.table.iloc[rows].copy()
+    df["image"] = [str(m.root / p) for p in df["image"]]
+    df["mask"] = ""
+    df.to_csv(tmp_path / "notes.csv", index=False)
+    out = tmp_path / "text_concepts"
+    assert main(["concepts", "train", "--model", str(run_dir), "--data", str(tmp_path / "notes.csv"), "--out", str(out),
+                 "--embeddings", "text", "--epochs", "20"]) == 0
+    info = json.loads((out / "sae.json").read_text())
+    assert info["embedding"] == "text" and info["data"]["n_rows"] < 80
+    assert json.loads((out / "names.json").read_text())["features"][0]["words"] is not None

@@ -180,13 +180,14 @@ def run_identity(run: str | Path) -> dict:
 def train_concepts(model: DualEncoderLike, run: str | Path | None, manifest: Manifest, embeddings: np.ndarray,
                    out: str | Path | None = None, config: SAEConfig | None = None,
                    held_out: np.ndarray | None = None,
-                   progress: Callable[[int, dict], None] | None = None) -> Concepts:
+                   progress: Callable[[int, dict], None] | None = None, embedding: str = "image") -> Concepts:
     """Train, name and save concepts for ``run`` from ``embeddings`` (row-aligned with ``manifest``).
 
     ``out`` defaults to ``RunDir(run).concepts_dir``; training resumes from ``out/state`` when the same
     settings and embeddings left one there. With neither ``run`` nor ``out`` nothing is written (a model
     object evaluated without a run folder). ``held_out`` embeddings (other patients) give the R² and
-    dead fraction stored in ``sae.json``; without them the training embeddings are used and said so."""
+    dead fraction stored in ``sae.json``; without them the training embeddings are used and said so.
+    ``embedding`` records what the rows' embeddings are ("image", or "text": their reports)."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(embeddings) != len(manifest):
         raise ConceptsError(f"{len(embeddings)} embeddings for a manifest of {len(manifest)} rows; they must be "
@@ -205,7 +206,7 @@ def train_concepts(model: DualEncoderLike, run: str | Path | None, manifest: Man
     metrics = evaluate_sae(sae, held_out if held_out is not None else embeddings)
     metrics["measured_on"] = "held-out embeddings" if held_out is not None else "the training embeddings"
     names, center, fallback = name_concepts(sae, model, manifest, embeddings)
-    meta = {"run": ident, "embedding": "image", "data": {"path": str(manifest.path or ""), "n_rows": len(manifest)},
+    meta = {"run": ident, "embedding": embedding, "data": {"path": str(manifest.path or ""), "n_rows": len(manifest)},
             "metrics": metrics, "history": history}
     if out is not None:
         save_sae(sae, out, meta)
