@@ -12,7 +12,8 @@ RaVL-style (Varma et al., NeurIPS 2024) check on real chest X-rays with a shortc
    pneumonia errors load on them (:func:`cxrfm.tasks.concept_probe.rank_shortcuts`, error loading alone).
    The *marker feature* is the one whose activation best predicts the marker on the audit part (this
    uses the annotation, for scoring only). Printed: its rank among the suspects, precision@1 and @5 (the
-   share of the top suspects whose activation predicts the marker at AUROC >= 0.75).
+   share of the top suspects whose activation predicts the marker at AUROC >= 0.75); and the same with
+   a feature that fires on the *unmarked* films (AUROC <= 0.25) also counting, as "either direction".
 4. Mitigation: the top suspect is mean-ablated (its activation set to its audit mean in every audit
    embedding) and the
    worst-group zero-shot AUROC (groups: marked / unmarked films) is compared before and after.
@@ -178,6 +179,12 @@ def main(argv=None) -> int:
     rank = order.index(marker_feature) + 1 if marker_feature in order else codes.shape[1] + 1
     is_marker = [marker_auc[f] >= MARKER_AUROC for f in order[:5]]
     p1, p5 = float(bool(is_marker[:1] and is_marker[0])), float(np.mean(is_marker)) if is_marker else 0.0
+    # a feature that fires on the unmarked films (marker AUROC <= 1 - MARKER_AUROC) encodes the marker too,
+    # by its absence: reported beside, as "either direction"
+    strength = np.abs(marker_auc - 0.5) + 0.5
+    either = [strength[f] >= MARKER_AUROC for f in order[:5]]
+    either_feature = int(np.argmax(strength))
+    rank_either = order.index(either_feature) + 1 if either_feature in order else codes.shape[1] + 1
     before, per_before = worst_group_auroc(y, s, marker)
     after = per_after = None
     if order:
@@ -194,6 +201,9 @@ def main(argv=None) -> int:
            "auroc_by_group_after": per_after, "worst_group_after": after,
            "marker_feature": marker_feature, "marker_feature_auroc": float(marker_auc[marker_feature]),
            "top_suspects": suspects[:5], "precision_at_1": p1, "precision_at_5": p5, "rank": rank,
+           "top5_marker_auroc": [float(marker_auc[f]) for f in order[:5]], "rank_either": rank_either,
+           "precision_at_1_either": float(bool(either[:1] and either[0])),
+           "precision_at_5_either": float(np.mean(either)) if either else 0.0,
            "n_features": int(codes.shape[1]), "seconds": round(time.time() - t0, 1)}
     if a.json:
         with open(a.json, "a", encoding="utf-8") as fh:
@@ -202,6 +212,8 @@ def main(argv=None) -> int:
           f"{before:.3f} -> {after if after is None else round(after, 3)} after ablating feature {order[0] if order else '-'}")
     print(f"marker feature {marker_feature} (marker AUROC {marker_auc[marker_feature]:.3f}); precision@1 {p1:.2f} "
           f"precision@5 {p5:.2f}; {res['seconds']} s")
+    print(f"either direction (a feature firing on unmarked films counts): rank {rank_either}, precision@1 "
+          f"{res['precision_at_1_either']:.2f}, precision@5 {res['precision_at_5_either']:.2f}")
     print(f"marker feature rank: {rank}")
     return 0
 

@@ -32,7 +32,8 @@ def html(r: Mapping, assets: Assets) -> str:
         out.append(table(["finding", "AUROC (features)", "AUROC (dense)", "ratio", "within source", "features"],
                          [[esc(f), "#" + fmt(b.get("auroc")), "#" + fmt(b.get("dense_auroc")), "#" + fmt(b.get("ratio")),
                            "yes" if b.get("within_source") else "pooled",
-                           esc(", ".join((b.get("feature_names") or [])[:3]))]
+                           esc(", ".join(f"#{f} {n}" for f, n in zip(b.get("features") or [],
+                                                                     (b.get("feature_names") or [])[:3])))]
                           for f, b in bn.items() if isinstance(b, Mapping)]))
     sc = [s for s in (r.get("shortcuts") or []) if isinstance(s, Mapping)]
     if sc:
