@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sae-on", choices=("train", "all"), default="train",
                     help="embeddings the SAE learns from: the training part, or training + audit parts (no labels "
                          "either way; only the audit part holds the marker apart from the class)")
+    ap.add_argument("--ablate", type=int, default=1, help="how many top suspects to mean-ablate")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default runs/planted_marker/KIND-SEED)")
     ap.add_argument("--json", type=Path, default=None, help="append the result as one JSON line here")
     a = ap.parse_args(argv)
@@ -188,17 +189,17 @@ def main(argv=None) -> int:
     before, per_before = worst_group_auroc(y, s, marker)
     after = per_after = None
     if order:
-        f = order[0]
-        # mean ablation: the feature's activation is replaced by its audit mean, so only what it says about
-        # each image is removed (zeroing it would also move every embedding by the mean contribution)
-        a_f = codes[:, [f]] - codes[:, [f]].mean()
-        contrib = a_f * (sae.W_dec[f].detach().numpy() * float(sae.scale))[None, :]  # (N, D)
+        f = order[:a.ablate]
+        # mean ablation: the features' activations are replaced by their audit means, so only what they say
+        # about each image is removed (zeroing them would also move every embedding by the mean contribution)
+        a_f = codes[:, f] - codes[:, f].mean(axis=0)
+        contrib = a_f @ (sae.W_dec[f].detach().numpy() * float(sae.scale))  # (N, D)
         ablated = emb[au] - contrib
         ablated /= np.linalg.norm(ablated, axis=1, keepdims=True)
         after, per_after = worst_group_auroc(y, zero_shot_scores(ablated, cls)[:, 0], marker)
     res = {"marker": a.marker, "corner": a.corner, "seed": a.seed, "n_train": int(len(tr)), "n_audit": int(len(au)),
            "zero_shot_auroc": auroc(y, s), "auroc_by_group_before": per_before, "worst_group_before": before,
-           "auroc_by_group_after": per_after, "worst_group_after": after,
+           "auroc_by_group_after": per_after, "worst_group_after": after, "ablated": order[:a.ablate],
            "marker_feature": marker_feature, "marker_feature_auroc": float(marker_auc[marker_feature]),
            "top_suspects": suspects[:5], "precision_at_1": p1, "precision_at_5": p5, "rank": rank,
            "top5_marker_auroc": [float(marker_auc[f]) for f in order[:5]], "rank_either": rank_either,
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
         with open(a.json, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(res, default=float) + "\n")
     print(f"zero-shot {FINDING} AUROC on the audit part {res['zero_shot_auroc']:.3f}; worst-group (marked/unmarked) "
-          f"{before:.3f} -> {after if after is None else round(after, 3)} after ablating feature {order[0] if order else '-'}")
+          f"{before:.3f} -> {after if after is None else round(after, 3)} after ablating feature(s) {order[:a.ablate]}")
     print(f"marker feature {marker_feature} (marker AUROC {marker_auc[marker_feature]:.3f}); precision@1 {p1:.2f} "
           f"precision@5 {p5:.2f}; {res['seconds']} s")
     print(f"either direction (a feature firing on unmarked films counts): rank {rank_either}, precision@1 "
