@@ -141,3 +141,15 @@ def test_cli_trains_concepts_over_report_text(run_dir, tmp_path, cxr_manifest_pa
     info = json.loads((out / "sae.json").read_text())
     assert info["embedding"] == "text" and info["data"]["n_rows"] < 80
     assert json.loads((out / "names.json").read_text())["features"][0]["words"] is not None
+
+
+def test_a_given_concepts_folder_of_another_dimension_is_refused(tmp_path, cxr_manifest_path):
+    from cxrfm.tasks.suite import EvalContext
+    from cxrfm.tasks.zero_shot import load_prompts
+
+    save_sae(MatryoshkaSAE(16, SAEConfig(sizes=(4,), k=2)), tmp_path / "c", {"run": None})
+    ctx = EvalContext(model=StandInModel(dim=32), manifest=subset_manifest(cxr_manifest_path, per_source=30),
+                      n_boot=20, cache_dir=tmp_path / "cache", prompts=load_prompts())
+    ctx.concepts = tmp_path / "c"
+    with pytest.raises(ConceptsError, match="16-dimensional"):
+        task.run(ctx)

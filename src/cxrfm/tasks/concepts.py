@@ -60,8 +60,10 @@ def _train_embeddings(context: "EvalContext", split) -> np.ndarray:
 def _concepts(context: "EvalContext", train_m, emb_tr: np.ndarray, emb_te: np.ndarray) -> tuple[Concepts, str]:
     folder = getattr(context, "concepts", None)
     if folder is not None:
+        import torch
+
         concepts = load_concepts(folder, context.run_dir)
-        concepts.sae.check_input(__import__("torch").as_tensor(emb_te[:1]))
+        concepts.sae.check_input(torch.as_tensor(emb_te[:1]))  # another dimension: an error naming the fix
         return concepts, f"loaded from {folder}"
     out = context.out_dir / "concepts" if context.out_dir is not None else None
     cfg = task_sae_config(len(emb_tr), int(context.rng("concepts/sae").integers(2**31)))
