@@ -1,7 +1,6 @@
 """`cxrfm concepts train | search`: sparse-autoencoder concepts of a run (docs/concepts.md).
 
-Kept apart from cli.py, which registers it, so that module stays small; each action is a few lines
-calling :mod:`cxrfm.inference.concepts`.
+One module of the CLI package like the others; each action is a few lines calling :mod:`cxrfm.inference.concepts`.
 """
 from __future__ import annotations
 
@@ -44,12 +43,12 @@ def _run_concepts_train(args) -> int:
 
     import numpy as np
 
-    from .data.schema import Manifest
-    from .inference.concepts import train_concepts
-    from .models.dual import load_model
-    from .tasks.concepts import task_sae_config
-    from .tasks.embed import embed_manifest
-    from .tasks.split import patient_train_eval_rows
+    from ..data.schema import Manifest
+    from ..inference.concepts import train_concepts
+    from ..models.dual import load_model
+    from ..tasks.concepts import task_sae_config
+    from ..tasks.embed import embed_manifest
+    from ..tasks.split import patient_train_eval_rows
 
     model, manifest = load_model(args.model), Manifest.load(args.data)
     if args.embeddings == "text":
@@ -80,9 +79,9 @@ def _report_embeddings(model, manifest, path):
     """(the rows with report text, their text embeddings)."""
     import numpy as np
 
-    from .inference.embed import embed_texts
-    from .inference.sae import ConceptsError
-    from .tasks.embed import report_texts
+    from ..inference.embed import embed_texts
+    from ..inference.sae import ConceptsError
+    from ..tasks.embed import report_texts
 
     texts = report_texts(manifest)
     rows = np.flatnonzero([t is not None for t in texts])
@@ -93,8 +92,8 @@ def _report_embeddings(model, manifest, path):
 
 
 def _run_concepts_search(args) -> int:
-    from .inference.concepts import load_concepts, search_concepts
-    from .models.dual import load_model
+    from ..inference.concepts import load_concepts, search_concepts
+    from ..models.dual import load_model
 
     concepts = load_concepts(args.concepts or args.model / "concepts", args.model)
     for hit in search_concepts(args.query, load_model(args.model), concepts, k=args.top):
