@@ -118,3 +118,21 @@ def test_corrupt_index_and_missing_reference_are_clear_errors(tmp_path):
         load_index(idx)
     with pytest.raises(CxrfmError, match="no such manifest"):
         reference_images_from_manifest(tmp_path / "nowhere.csv")
+
+
+def test_analyze_returns_the_images_named_concepts(evaluated, run_dir, shared_data, tmp_path):
+    from cxrfm.cli import main
+    from cxrfm.inference.analyze import Analyzer
+
+    run, _ = evaluated
+    plain = Analyzer(run)
+    assert plain.concepts is None and plain.describe()["concepts"] is None
+    assert main(["concepts", "train", "--model", str(run), "--data", str(run_dir.parent / "train_manifest.csv"),
+                 "--epochs", "30", "--cache-dir", str(tmp_path / "cache")]) == 0  # into RUN/concepts
+    analyzer = Analyzer(run)
+    out = analyzer.analyze(_image(shared_data))
+    assert 1 <= len(out["concepts"]) <= 5
+    acts = [c["activation"] for c in out["concepts"]]
+    assert acts == sorted(acts, reverse=True) and all(a > 0 for a in acts)
+    assert all(isinstance(c["name"], str) and c["name"] for c in out["concepts"])
+    assert analyzer.describe()["concepts"]["n_features"] == len(analyzer.concepts.names)

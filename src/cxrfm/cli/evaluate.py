@@ -31,6 +31,9 @@ def _add_eval(sub):
     p.add_argument("--train-data", type=Path, default=None,
                    help="manifest that tasks training a head (probe, segmentation, report) learn from; "
                         "default: a seeded patient split of --data (results.json says which)")
+    p.add_argument("--concepts", type=Path, default=None,
+                   help="concepts folder from `cxrfm concepts train` for the `concepts` task (default: the task "
+                        "trains one on the training part)")
     p.set_defaults(func=_run_eval)
 
 
@@ -40,7 +43,7 @@ def _run_eval(args) -> int:
     findings = [f.strip() for f in args.findings.split(",") if f.strip()] if args.findings else None
     results = evaluate(args.model, args.data, tasks=args.tasks, out=args.out, seed=args.seed, n_boot=args.n_boot,
                        prompts=args.prompts, cache_dir=args.cache_dir, progress=True, findings=findings,
-                       train_data=args.train_data)
+                       train_data=args.train_data, concepts=args.concepts)
     print(format_results_table(results))
     print(f"results: {args.out / RESULTS_FILE}")
     if (args.out / "report.html").exists():

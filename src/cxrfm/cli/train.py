@@ -55,6 +55,9 @@ def _add_pretrain(sub):
                    help="with --data SHARDS: loader processes per rank (default 0: decode in the training process)")
     p.add_argument("--shuffle-buffer", type=int, default=None,
                    help="with --data SHARDS: samples in each worker's shuffle buffer (default 1000)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters and optimiser state over the ranks with FSDP2 instead of "
+                        "replicating them with DDP (for towers that do not fit one device; docs/scale.md)")
     p.add_argument("--config", default="tiny-cpu",
                    help=f"a preset ({', '.join(list_presets())}) or a config JSON / run folder (default tiny-cpu)")
     p.add_argument("--curate", default="balanced", choices=list_curators(),
@@ -93,7 +96,8 @@ def _run_pretrain(args) -> int:
                    curator_kwargs=_parse_key_values(args.curator_options, "--curator-option"),
                    progress=args.progress, cache_dir=args.cache_dir,
                    stream={k: v for k, v in (("workers", args.workers), ("shuffle_buffer", args.shuffle_buffer))
-                           if v is not None})
+                           if v is not None},
+                   fsdp=args.fsdp)
     if int(os.environ.get("RANK", "0")) == 0:
         run = RunDir(out)
         info, status = run.read_curation() or {}, run.status()

@@ -76,6 +76,9 @@ class Analyzer:
         # the head `cxrfm eval` fitted and saved in the run (calibrated / probe), else plain zero-shot
         self.head, self.head_note = load_findings_head(self.run_dir, self.model, self.findings, prompts)
         self.classifier = self.head.classifier  # (F, 2, D): Grad-CAM's direction per finding
+        from .concepts import run_concepts
+
+        self.concepts = run_concepts(self.run_dir)  # named SAE features, when `cxrfm concepts train` made them
         self.index = None
         if index_dir is not None:
             from .index import load_index
@@ -169,6 +172,7 @@ class Analyzer:
             "top_finding": top,
             "report": structured_report(prob, self.settings.report_thresholds or None),
             "neighbours": self.neighbours(emb),
+            "concepts": self.top_concepts(emb),
         }
         disp = _display_image(img)
         heat = None
@@ -183,6 +187,12 @@ class Analyzer:
         out["image_size"] = {"height": int(img.shape[1]), "width": int(img.shape[2])}
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return out
+
+    def top_concepts(self, emb: torch.Tensor, k: int = 5) -> list[dict]:
+        """The image's strongest named concepts (empty when the run has none)."""
+        from .concepts import top_concepts
+
+        return top_concepts(emb.numpy()[0], self.concepts, k=k) if self.concepts is not None else []
 
     def neighbours(self, emb: torch.Tensor) -> list[dict]:
         if self.index is None or len(self.index) == 0:
@@ -203,6 +213,7 @@ class Analyzer:
             "curation": _summarize(cur) if cur is not None else None,
             "findings": self.findings,
             "head": {**self.head.describe(), "note": self.head_note},
+            "concepts": ({"n_features": len(self.concepts.names)} if self.concepts is not None else None),
             "image_size": self.model.image_size,
             "embed_dim": self.model.embed_dim,
             "ood_gate": {"threshold": self.gate.threshold, "tpr": self.gate.tpr, "weights": self.gate.weights,

@@ -75,6 +75,7 @@ class EvalContext:
     train_manifest: Manifest | None = None
     out_dir: Path | None = None  # where tasks save plots and overlays (None: nothing saved)
     run_dir: Path | None = None  # the model's run folder, when evaluating one: fitted heads are saved there
+    concepts: Path | None = None  # a concepts folder (`cxrfm concepts train`); None: the task trains one
     _emb: np.ndarray | None = field(default=None, repr=False)
     _have: np.ndarray | None = field(default=None, repr=False)
 
@@ -187,6 +188,7 @@ def evaluate(
     images: ImageBatches | None = None,
     train_data: Manifest | str | Path | None = None,
     html: bool = True,
+    concepts: str | Path | None = None,
 ) -> dict:
     """Run ``tasks`` (default: the registered default tasks) for one model on one manifest; write
     ``out/results.json`` when ``out`` is given.
@@ -196,6 +198,7 @@ def evaluate(
     ``findings`` restricts zero-shot to these canonical findings (a missing prompt is then an error).
     ``images`` replaces the decoded-image cache with another row-aligned source.
     ``train_data`` is the part that tasks training a head learn from (default: a patient split of ``data``).
+    ``concepts`` is a concepts folder for the ``concepts`` task (default: the task trains one).
     With ``out`` and ``html``, ``out/report.html`` is written beside results.json.
     """
     from .zero_shot import PROMPTS_FILE, load_prompts
@@ -229,7 +232,8 @@ def evaluate(
         cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress,
         logit_scale=_model_logit_scale(model), images=images,
         train_manifest=Manifest.load(train_data) if isinstance(train_data, (str, Path)) else train_data,
-        out_dir=Path(out) if out is not None else None, run_dir=run_dir)
+        out_dir=Path(out) if out is not None else None, run_dir=run_dir,
+        concepts=Path(concepts) if concepts is not None else None)
     src_counts = manifest.table["source"].value_counts()
     results: dict[str, Any] = {
         "cxrfm_version": __version__,

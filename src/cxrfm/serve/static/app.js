@@ -93,6 +93,22 @@ function renderNeighbours(items) {
   }
 }
 
+// the image's strongest sparse-autoencoder concepts, each named from the data (docs/concepts.md)
+function renderConcepts(items) {
+  const list = $("concepts");
+  list.replaceChildren();
+  if (!items || !items.length) {
+    list.append(el("li", { class: "muted" }, "No concepts for this model (train them with `cxrfm concepts train`)."));
+    return;
+  }
+  for (const c of items) {
+    const li = el("li");
+    li.append(el("strong", {}, `#${c.feature} ${c.name}`), el("span", { class: "muted" }, ` (activation ${c.activation.toFixed(2)})`));
+    if (c.text && c.text.length) li.append(el("p", { class: "small muted" }, `nearest phrases: ${c.text.slice(0, 3).join("; ")}`));
+    list.append(li);
+  }
+}
+
 function renderImage() {
   const img = $("image");
   const useHeat = showHeat && overlayUrl;
@@ -142,6 +158,7 @@ async function analyze(file) {
   renderHead(data.head, data.findings);
   $("report").textContent = data.report;
   renderNeighbours(data.neighbours);
+  renderConcepts(data.concepts);
   $("results").hidden = false;
   setStatus(`Done in ${Math.round(data.elapsed_ms)} ms (OOD score ${data.ood.score.toFixed(2)} ≥ ${data.ood.threshold.toFixed(2)}).`);
 }
