@@ -45,7 +45,7 @@ def _model(size: int):
         import sys
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.test_zero_shot import StandInModel
+        from tests.helpers import StandInModel
 
         return StandInModel(image_size=size), "stand-in pixel projection"
 
