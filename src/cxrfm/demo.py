@@ -69,8 +69,31 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all") -> int:
 
     results = evaluate(run, eval_part, tasks=tasks, out=out / "eval", seed=0, progress=True, train_data=train_part)
     print(format_results_table(results))
+    _show_one_image(run, eval_part)
     report = out / "eval" / "report.html"
     if report.exists():
         print(f"report: {report.resolve()}")
     print(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s; results: {(out / 'eval' / 'results.json').resolve()}")
     return 0
+
+
+def _show_one_image(run: Path, eval_part) -> None:
+    """What `serve` would answer for one held-out image: the same Analyzer, its head, concepts and draft."""
+    from .data.images import read_image
+    from .errors import CxrfmError
+    from .inference.analyze import Analyzer, Refused
+
+    path = eval_part.image_paths()[0]
+    try:
+        out = Analyzer(run).analyze(read_image(path), source=path)
+    except Refused as e:
+        print(f"\none held-out image ({path.name}): refused by the OOD gate: {e}")
+        return
+    except CxrfmError as e:  # the demo goes on; the evaluation above is its result
+        print(f"\none held-out image ({path.name}): not analysed: {e}")
+        return
+    top = sorted(out["findings"], key=lambda f: -f["probability"])[:3]
+    print(f"\none held-out image, as `cxrfm serve` answers it ({path.name}):")
+    print("  top findings: " + ", ".join(f"{f['finding']} {f['probability']:.2f} ({f['head']})" for f in top))
+    for c in out["concepts"][:3]:
+        print(f"  concept #{c['feature']} {c['name']!r} (activation {c['activation']:.2f})")

@@ -16,6 +16,7 @@ Result keys: ``r2``, ``dead_fraction``, ``bottleneck``, ``shortcuts`` (a list of
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import numpy as np
 from ..data.findings import FINDINGS
 from ..inference.concepts import Concepts, load_concepts, thumbnail_strip, train_concepts
 from ..inference.sae import SAEConfig, evaluate_sae
+from ..run import RunDir
 from .concept_probe import BOTTLENECK_K, bottleneck_probe, rank_shortcuts
 from .split import resolve_split
 
@@ -67,8 +69,13 @@ def _concepts(context: "EvalContext", train_m, emb_tr: np.ndarray, emb_te: np.nd
         return concepts, f"loaded from {folder}"
     out = context.out_dir / "concepts" if context.out_dir is not None else None
     cfg = task_sae_config(len(emb_tr), int(context.rng("concepts/sae").integers(2**31)))
-    return (train_concepts(context.model, context.run_dir, train_m, emb_tr, out=out, config=cfg, held_out=emb_te),
-            f"trained on the {len(emb_tr)} training rows' embeddings" + (f", saved in {out}" if out else ""))
+    concepts = train_concepts(context.model, context.run_dir, train_m, emb_tr, out=out, config=cfg, held_out=emb_te)
+    how = f"trained on the {len(emb_tr)} training rows' embeddings" + (f", saved in {out}" if out else "")
+    if out is not None and context.run_dir is not None and not (RunDir(context.run_dir).concepts_dir / "sae.json").exists():
+        # like the findings head: what eval fitted is what `serve` / `analyze` then use for this run
+        shutil.copytree(out, RunDir(context.run_dir).concepts_dir, ignore=shutil.ignore_patterns("state"))
+        how += f" and copied into the run ({RunDir(context.run_dir).concepts_dir}) for analyze/serve"
+    return concepts, how
 
 
 def _bottleneck(context, concepts, train_m, eval_m, emb_tr, emb_te, codes_tr, codes_te) -> dict:
