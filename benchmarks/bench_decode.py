@@ -18,10 +18,7 @@ import time
 import numpy as np
 import torch
 
-from cxrfm.data.cache import ImageCache
-from cxrfm.data.images import letterbox, read_image
-from cxrfm.data.schema import Manifest
-from cxrfm.paths import shared_data_dir
+from cxrfm import ImageCache, Manifest, letterbox, read_image, shared_data_dir
 
 
 def main(argv: list[str] | None = None) -> int:

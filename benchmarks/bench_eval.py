@@ -27,18 +27,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from cxrfm.data.findings import FINDINGS  # noqa: E402
-from cxrfm.data.images import letterbox, read_image  # noqa: E402
-from cxrfm.data.schema import Manifest  # noqa: E402
-from cxrfm.metrics import auroc, bootstrap_ci  # noqa: E402
-from cxrfm.paths import shared_data_dir  # noqa: E402
+from cxrfm import FINDINGS, Manifest, auroc, bootstrap_ci, letterbox, read_image, shared_data_dir  # noqa: E402
 from cxrfm.tasks.embed import embed_images, open_image_cache  # noqa: E402
 
 
 def _model(size: int):
     try:
         from cxrfm.config import ModelConfig
-        from cxrfm.models.factory import build_model
+        from cxrfm import build_model
 
         return build_model(ModelConfig(image_size=size), seed=0).eval(), "DualEncoder (default ModelConfig, untrained)"
     except ImportError:
@@ -80,7 +76,7 @@ def bench_embedding(manifest: Manifest, size: int, batch_size: int) -> None:
 
 
 def bench_segmentation(manifest: Manifest, size: int, batch_size: int) -> None:
-    from cxrfm.errors import CxrfmError
+    from cxrfm import CxrfmError
     from cxrfm.tasks.segmentation import LightDecoder, encoder_feature_maps, extract_features, predict_masks
 
     model, what = _model(size)

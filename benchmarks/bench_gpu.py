@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm.config import load_config
+from cxrfm import load_config
 from cxrfm.train.losses import contrastive_loss
 from cxrfm.train.optim import make_optimizer
 
@@ -65,9 +65,7 @@ def step_flops(model, batch: int, image_size: int, device) -> float:
 
 def make_shards(folder: Path, size: int, images: int) -> Path:
     """Shards of ``images`` real radiographs from the shared data (the bench's default source)."""
-    from cxrfm.data.schema import Manifest
-    from cxrfm.data.shards import write_shards
-    from cxrfm.paths import shared_data_dir
+    from cxrfm import Manifest, shared_data_dir, write_shards
 
     data = shared_data_dir()
     if data is None:
@@ -84,7 +82,7 @@ def image_batches(args, shards_dir: Path | None, batch: int, image_size: int, de
         x = torch.rand(batch, 1, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
         while True:
             yield x
-    from cxrfm.data.shards import ShardSet
+    from cxrfm import ShardSet
     from cxrfm.train.shard_stream import ShardStream, stream_loader
 
     shards = ShardSet.open(shards_dir)
@@ -104,7 +102,7 @@ def image_batches(args, shards_dir: Path | None, batch: int, image_size: int, de
 
 
 def run_one(args, model_cfg, train_cfg, batch: int, pipeline: str, shards_dir, device, peak) -> dict:
-    from cxrfm.models.factory import build_model
+    from cxrfm import build_model
 
     model = build_model(model_cfg, seed=0).to(device).train()
     opt = make_optimizer(model, train_cfg)

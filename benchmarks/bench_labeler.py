@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from cxrfm.data import labeler  # noqa: E402
 from cxrfm.data.findings import CHEXPERT_14  # noqa: E402
 from cxrfm.data.reports import report_body  # noqa: E402
-from cxrfm.paths import shared_data_dir  # noqa: E402
+from cxrfm import shared_data_dir  # noqa: E402
 
 
 def iu_texts(path: Path, limit: int | None) -> list[str]:

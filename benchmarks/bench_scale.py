@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm.data.findings import FINDINGS
+from cxrfm import FINDINGS
 
 SENTENCES = ["The lungs are clear.", "No pleural effusion or pneumothorax.", "Heart size is normal.",
              "Mild cardiomegaly.", "Small left pleural effusion.", "Patchy opacity in the right lower lobe.",
@@ -60,8 +60,7 @@ def synthetic_table(n: int, seed: int):
 
 
 def bench_manifest(n: int, seed: int, folder: Path) -> dict:
-    from cxrfm.data.pseudo_reports import training_texts
-    from cxrfm.data.schema import Manifest
+    from cxrfm import Manifest, training_texts
 
     t = time.perf_counter()
     path = folder / "manifest.csv"
@@ -115,10 +114,9 @@ def bench_curation(n: int, batch: int, seed: int, repeats: int = 20) -> dict:
 
 
 def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
-    from cxrfm.data.images import letterbox, read_image
-    from cxrfm.data.schema import Manifest
+    from cxrfm import Manifest, letterbox, read_image
     from cxrfm.data.shards import ShardSet, decode_sample, write_shards
-    from cxrfm.paths import shared_data_dir
+    from cxrfm import shared_data_dir
     from cxrfm.train.shard_stream import ShardStream
 
     data = shared_data_dir()
@@ -159,8 +157,7 @@ def timed(fn) -> dict:
 def bench_memory(config: str, batch: int = 2) -> dict:
     """Bytes autograd saves for the backward per sample (the activations), under bf16 autocast on CPU,
     and the parameter/gradient/AdamW bytes of the trainable parameters (fp32: 4 + 4 + 8 per parameter)."""
-    from cxrfm.config import load_config
-    from cxrfm.models.factory import build_model
+    from cxrfm import build_model, load_config
 
     model_cfg, _ = load_config(config)
     model = build_model(model_cfg, seed=0).train()

@@ -32,7 +32,7 @@ import numpy as np
 def _image_320() -> bytes:
     from PIL import Image
 
-    from cxrfm.paths import shared_data_dir
+    from cxrfm import shared_data_dir
 
     d = shared_data_dir()
     if d is not None:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         return stalled_uploads(args.model, args.stalled, args.stall_mb)
     import httpx
 
-    from cxrfm.serve.app import Analyzer
+    from cxrfm import Analyzer
 
     data = _image_320()
     port = _free_port()
@@ -198,7 +198,7 @@ def stalled_uploads(model: Path, n: int, stall_mb: float, declared_mb: float = 1
 
 
 def _call(an, data: bytes) -> None:
-    from cxrfm.serve.app import Refused
+    from cxrfm import Refused
 
     try:
         an.analyze_bytes(data)

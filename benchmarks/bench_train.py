@@ -25,13 +25,9 @@ import time
 import numpy as np
 import torch
 
-from cxrfm.config import load_config
-from cxrfm.data.cache import ImageCache
-from cxrfm.data.images import letterbox, read_image
-from cxrfm.data.pseudo_reports import training_texts
-from cxrfm.data.schema import Manifest
-from cxrfm.models.factory import build_model
-from cxrfm.paths import shared_data_dir
+from cxrfm import (
+    ImageCache, Manifest, build_model, letterbox, load_config, read_image, shared_data_dir, training_texts,
+)
 from cxrfm.train.losses import clip_loss
 
 

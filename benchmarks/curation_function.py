@@ -53,7 +53,7 @@ def augment_copy(src: Path, dst: Path, rng: np.random.Generator) -> None:
 
 def build_pool(manifest_path: Path, folder: Path, copies: int, noise: float, seed: int):
     """The planted pool: a Manifest rooted at ``folder`` with a ``planted`` column ('', 'copy', 'noise')."""
-    from cxrfm.data.schema import Manifest, read_table
+    from cxrfm import Manifest, read_table
 
     rng = np.random.default_rng(seed)
     df = read_table(manifest_path)
@@ -125,10 +125,9 @@ def dedup_probe(pool, config: str, overrides: dict, n: int, seed: int) -> None:
     """Can epoch-0 image embeddings tell a near-copy from a distinct image? Print cosine percentiles."""
     import torch
 
-    from cxrfm.config import load_config
-    from cxrfm.data.images import read_image
+    from cxrfm import load_config, read_image
     from cxrfm.models.dual import resize_to
-    from cxrfm.models.factory import build_model
+    from cxrfm import build_model
 
     t = pool.table
     copies = t.index[t["planted"].fillna("").str.contains("copy") & t["image"].str.endswith("_copy0.png")][:n]
@@ -180,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also compare copy-original cosines with nearest-other cosines on N copies (0: skip)")
     args = p.parse_args(argv)
 
-    from cxrfm import pretrain
-    from cxrfm.paths import shared_data_dir
-    from cxrfm.run import RunDir
+    from cxrfm import RunDir, pretrain, shared_data_dir
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from data_efficiency import parse_arm, parse_overrides

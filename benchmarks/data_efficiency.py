@@ -100,9 +100,7 @@ def adult_mean(cell: dict[str, float]) -> float | None:
 def dev_eval_split(eval_fraction: float = 0.25, split_seed: int = 0):
     """(dev part, eval part) of the shared real data (``$CXRFM_DATA/cxr/manifest.csv``), patient-disjoint,
     as every benchmark on it trains and scores; None when the shared data is not there."""
-    from cxrfm.data.schema import Manifest
-    from cxrfm.data.splits import train_eval_split
-    from cxrfm.paths import shared_data_dir
+    from cxrfm import Manifest, shared_data_dir, train_eval_split
 
     data = shared_data_dir()
     if data is None:
@@ -122,8 +120,7 @@ def run_name(tag: str, epochs: int | None, overrides: dict) -> str:
 
 
 def run_one(arm: dict, seed: int, train, evalm, args, overrides: dict) -> dict:
-    from cxrfm import evaluate, pretrain
-    from cxrfm.run import RunDir
+    from cxrfm import RunDir, evaluate, pretrain
 
     run_dir = args.out / "runs" / run_name(arm["tag"], args.epochs, overrides) / f"seed{seed}"
     t0 = time.perf_counter()

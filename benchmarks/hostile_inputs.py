@@ -181,8 +181,7 @@ def _ingest_labels(ws: Workspace) -> Outcome:
         return Outcome("crash", tb.strip().splitlines()[-1])
     if rc != 0:
         return Outcome("lost", f"the load stopped: {err.strip()[-120:]}")
-    from cxrfm.data.findings import FINDINGS
-    from cxrfm.data.schema import Manifest
+    from cxrfm import FINDINGS, Manifest
 
     got = Manifest.load(out_dir / "manifest.csv")
     y = got.labels()
@@ -226,7 +225,7 @@ def _label_huge(ws: Workspace) -> Outcome:
 
 @case("label-merge", "`cxrfm label` output used as a manifest (source labels must stay)")
 def _label_merge(ws: Workspace) -> Outcome:
-    from cxrfm.data.schema import Manifest
+    from cxrfm import Manifest
 
     m = ws.manifest(40, "merge")
     df = pd.read_csv(m)
@@ -246,8 +245,7 @@ def _label_merge(ws: Workspace) -> Outcome:
 
 @case("no-finding-scope", "a `No Finding` row of a source that never labels Support Devices")
 def _no_finding(ws: Workspace) -> Outcome:
-    from cxrfm.data.findings import FINDINGS
-    from cxrfm.data.schema import Manifest
+    from cxrfm import FINDINGS, Manifest
 
     m = ws.manifest(12, "nf")
     df = pd.read_csv(m)
@@ -262,8 +260,7 @@ def _no_finding(ws: Workspace) -> Outcome:
 
 @case("dicom-hospital-codecs", "pydicom-data JPEG Lossless, 12-bit JPEG, JPEG-LS DICOMs")
 def _dicoms(ws: Workspace) -> Outcome:
-    from cxrfm.data.images import read_image
-    from cxrfm.errors import CxrfmError
+    from cxrfm import CxrfmError, read_image
     from cxrfm.tasks.ood import pydicom_data_dir
 
     from pydicom.data import get_testdata_file
@@ -283,8 +280,7 @@ def _dicoms(ws: Workspace) -> Outcome:
 
 @case("cache-image-replaced", "an image replaced in place after `cxrfm prepare`")
 def _cache_stale(ws: Workspace) -> Outcome:
-    from cxrfm.data.cache import ImageCache
-    from cxrfm.data.schema import Manifest
+    from cxrfm import ImageCache, Manifest
 
     m = ws.manifest(8, "stale")
     man = Manifest.load(m)
@@ -319,7 +315,7 @@ def _lr_huge(ws: Workspace) -> Outcome:
     import torch
     from safetensors.torch import load_file
 
-    from cxrfm.run import RunDir
+    from cxrfm import RunDir
 
     m = ws.manifest(120, "lr")
     out = ws.root / "lr_run"
@@ -352,7 +348,9 @@ def _weights_truncated(ws: Workspace) -> Outcome:
     run = ws.run()
     bad = ws.root / "bad_run"
     shutil.copytree(run, bad, dirs_exist_ok=True)
-    w = bad / "model.safetensors"
+    from cxrfm import RunDir
+
+    w = RunDir(bad).weights
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
     rc, o, err, tb = cli(["eval", "--model", str(bad), "--data", str(ws.manifest(8, "ev")), "--out",
                           str(ws.root / "ev_out"), "--tasks", "zeroshot", "--n-boot", "10"])
@@ -366,10 +364,12 @@ def _weights_shape(ws: Workspace) -> Outcome:
     run = ws.run()
     bad = ws.root / "shape_run"
     shutil.copytree(run, bad, dirs_exist_ok=True)
-    t = load_file(str(bad / "model.safetensors"))
+    from cxrfm import RunDir
+
+    t = load_file(str(RunDir(bad).weights))
     k = next(k for k, v in t.items() if v.ndim == 2)
     t[k] = t[k][:, :-1].contiguous()
-    save_file(t, str(bad / "model.safetensors"))
+    save_file(t, str(RunDir(bad).weights))
     rc, o, err, tb = cli(["eval", "--model", str(bad), "--data", str(ws.manifest(8, "ev2")), "--out",
                           str(ws.root / "ev2_out"), "--tasks", "zeroshot", "--n-boot", "10"])
     return refused(rc, err, tb) or Outcome("silent wrong", f"exit {rc}")
@@ -473,7 +473,7 @@ def _serve_port(ws: Workspace) -> Outcome:
 def _weights_nan(ws: Workspace) -> Outcome:
     from safetensors.torch import load_file, save_file
 
-    from cxrfm.run import RunDir
+    from cxrfm import RunDir
 
     bad = ws.root / "nan_run"
     shutil.copytree(ws.run(), bad, dirs_exist_ok=True)
@@ -489,9 +489,7 @@ def _weights_nan(ws: Workspace) -> Outcome:
 
 @case("index-corrupt", "`serve --index` on an index folder whose index.faiss is garbage")
 def _index_corrupt(ws: Workspace) -> Outcome:
-    from cxrfm.errors import CxrfmError
-    from cxrfm.inference.analyze import Analyzer
-    from cxrfm.inference.index import build_index, save_index
+    from cxrfm import Analyzer, CxrfmError, build_index, save_index
 
     idx = save_index(build_index(np.eye(4, dtype=np.float32), list("abcd")), ws.root / "bad_index")
     (idx / "index.faiss").write_bytes(b"garbage")

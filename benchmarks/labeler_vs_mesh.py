@@ -27,8 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrfm.data.findings import CHEXPERT_14, mesh_to_findings  # noqa: E402
-from cxrfm.data.labeler import label_reports  # noqa: E402
-from cxrfm.paths import shared_data_dir  # noqa: E402
+from cxrfm import label_reports, shared_data_dir  # noqa: E402
 
 MIN_SUPPORT = 30  # findings with fewer MeSH positives are shown but left out of the macro F1
 

@@ -29,10 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cxrfm.data.images import read_image
+from cxrfm import auroc, read_image, shared_data_dir
 from cxrfm.inference import gate_model_free as mf
-from cxrfm.metrics import auroc
-from cxrfm.paths import shared_data_dir
 from cxrfm.tasks.ood_sources import TEST_FAMILIES, all_non_cxr, cxr_items
 
 
@@ -128,7 +126,7 @@ def main(argv=None) -> dict:
 
 
 def read_image_bytes_rgb(data: bytes) -> torch.Tensor:
-    from cxrfm.data.images import read_image_bytes
+    from cxrfm import read_image_bytes
 
     return read_image_bytes(data, "rgb-jpeg")
 

@@ -36,13 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrfm.data.findings import FINDINGS
-from cxrfm.data.images import letterbox, read_image
-from cxrfm.data.schema import Manifest
-from cxrfm.data.splits import split_patients
+from cxrfm import FINDINGS, Manifest, auroc, letterbox, read_image, shared_data_dir, split_patients
 from cxrfm.inference.zero_shot import TEMPLATE_PROMPTS_FILE, build_zero_shot_classifier, load_prompts, zero_shot_scores
-from cxrfm.metrics import auroc
-from cxrfm.paths import shared_data_dir
 from cxrfm.tasks.concept_probe import fast_auroc, rank_shortcuts
 from cxrfm.tasks.concepts import task_sae_config
 
@@ -144,14 +139,15 @@ def main(argv=None) -> int:
     t0 = time.time()
     df = build_data(out, a.marker, a.seed, a.n_train, a.n_audit, 2 * a.image_size, a.corner, a.marked_fraction,
                     a.marker_scale)
-    from cxrfm.models.dual import load_model
-    from cxrfm.tasks.embed import embed_manifest
-    from cxrfm.train.loop import pretrain
+    from cxrfm import embed_manifest, load_model, pretrain
 
     run = out / "run"
-    if not (run / "model.safetensors").exists():
+    from cxrfm import RunDir
+
+    if not RunDir(run).is_finished():  # a killed run resumes instead of being evaluated half-trained
         pretrain(out / "manifest.csv", run, config="tiny-cpu", curate="none", epochs=a.epochs, seed=a.seed,
-                 overrides={"image_size": a.image_size}, progress=False, cache_dir=out / "cache")
+                 overrides={"image_size": a.image_size}, progress=False, cache_dir=out / "cache",
+                 resume=RunDir(run).config.exists())
     model = load_model(run)
     man = Manifest.load(out / "manifest.csv")
     emb = embed_manifest(model, man, cache_dir=out / "cache")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxrfm import FINDINGS, evaluate, pretrain
-from cxrfm.run import RunDir
-from cxrfm.tasks.zero_shot import load_prompts
+from cxrfm import FINDINGS, RunDir, evaluate, load_prompts, pretrain
 from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 RELIABLE = ("Pneumonia", "Viral pneumonia", "No Finding")

@@ -57,7 +57,7 @@ def load_reports(data: Path) -> pd.DataFrame:
 
 def _sentences_with(report: str, finding: str) -> tuple[list[str], list[int]]:
     """The report's sentences and the indices of those stating ``finding`` as present."""
-    from cxrfm.data.labeler import label_reports
+    from cxrfm import label_reports
     from cxrfm.data.findings import CHEXPERT_14
     from cxrfm.data.reports import split_sentences
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show", type=int, default=0, help="print this many misses per kind (validation part only)")
     args = ap.parse_args(argv)
     from cxrfm.data.report_errors import report_facts, score_reports
-    from cxrfm.paths import shared_data_dir
+    from cxrfm import shared_data_dir
 
     data = shared_data_dir()
     if data is None:

@@ -77,7 +77,7 @@ class OraclePediatric(_Fixed):
 
 def thumbnails(manifest, size: int = 128, side: int = 16) -> np.ndarray:
     """(N, side*side) per-image standardised, L2-normalised thumbnails from the image cache."""
-    from cxrfm.data.cache import ImageCache
+    from cxrfm import ImageCache
 
     cache = ImageCache.build(manifest, size=size, progress=False)
     out = np.empty((len(cache), side * side), dtype=np.float32)

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm import evaluate, load_model, pretrain
-from cxrfm.run import RunDir
+from cxrfm import RunDir, evaluate, load_model, pretrain
 from data_efficiency import dev_eval_split  # benchmarks/ is the script's folder, first on sys.path
 
 VARIANTS = {
