@@ -56,37 +56,17 @@ def run_dir(tmp_path_factory, shared_data):
 @pytest.fixture(scope="module")
 def server(run_dir):
     """`cxrfm serve` on the tiny run and its index in a subprocess on 127.0.0.1; yields (url, process)."""
-    import subprocess
     import sys
-    import time
 
-    httpx = pytest.importorskip("httpx")
-    from tests.helpers import free_port, tiny_index
+    pytest.importorskip("httpx")
+    from tests.helpers import free_port, start_server, stop_server, tiny_index
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrfm", "serve", "--model", str(run_dir), "--index",
-                             str(tiny_index(run_dir)), "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    proc = start_server([sys.executable, "-m", "cxrfm", "serve", "--model", str(run_dir), "--index",
+                         str(tiny_index(run_dir)), "--host", "127.0.0.1", "--port", str(port)], env, url + "/v1/health")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start within 120 s")
-            time.sleep(0.5)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)

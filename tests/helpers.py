@@ -178,3 +178,57 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def spawn_and_join(worker, nprocs: int, args: tuple, limit_s: int = 120) -> None:
+    """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes and wait at most ``limit_s`` seconds:
+    a hung collective fails the test instead of the suite. Spawn, not fork: forking a process whose
+    OpenMP pool has run (earlier tests) can deadlock."""
+    import torch.multiprocessing as mp
+
+    procs = mp.start_processes(worker, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    try:
+        for _ in range(limit_s):
+            if procs.join(timeout=1):
+                break
+        else:
+            pytest.fail(f"worker processes did not finish within {limit_s} s")
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.terminate()
+
+
+def start_server(cmd: list[str], env: dict, probe_url: str, limit_s: int = 120):
+    """Start ``cmd`` (a `cxrfm serve` command line) and wait until ``probe_url`` answers 200; returns the
+    process. Raises, with the server's output, when it exits or does not answer within ``limit_s``."""
+    import subprocess
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read()[-2000:]}")
+        try:
+            if httpx.get(probe_url, timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"server did not start within {limit_s} s")
+        time.sleep(0.5)
+
+
+def stop_server(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

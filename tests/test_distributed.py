@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import spawn_and_join
 import torch
 
 from cxrfm.data.schema import Manifest
@@ -95,26 +97,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_gathered_loss_gradient_matches_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    # spawn, not fork: forking a process whose OpenMP pool has run (earlier tests) can deadlock.
-
     from safetensors.torch import load_file
 
     from cxrfm.train.losses import clip_loss
 
-    procs = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn",
-                               join=False)
-    try:
-        for _ in range(120):  # at most ~2 minutes: a hung collective fails the test instead of the suite
-            if procs.join(timeout=1):
-                break
-        else:
-            pytest.fail("gloo workers did not finish within 120 s")
-    finally:
-        for p in procs.processes:
-            if p.is_alive():
-                p.terminate()
+    spawn_and_join(_worker, 2, (2, _free_port(), str(tmp_path)))
     torch.manual_seed(0)
     net = torch.nn.Linear(6, 4)
     g = torch.Generator().manual_seed(1)

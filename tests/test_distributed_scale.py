@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import spawn_and_join
 import torch
 
 from cxrfm.data.schema import Manifest
@@ -87,22 +89,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_local_loss_with_gather_with_grad_matches_single_process(tmp_path):
-    import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    # spawn, not fork: forking a process whose OpenMP pool has run (earlier tests) can deadlock.
-    procs = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn",
-                               join=False)
-    try:
-        for _ in range(120):  # at most ~2 minutes: a hung collective fails the test instead of the suite
-            if procs.join(timeout=1):
-                break
-        else:
-            pytest.fail("gloo workers did not finish within 120 s")
-    finally:
-        for p in procs.processes:
-            if p.is_alive():
-                p.terminate()
+    spawn_and_join(_worker, 2, (2, _free_port(), str(tmp_path)))
     for kind in ("clip", "siglip"):
         loss, grad = _global(kind)
         for r in (0, 1):

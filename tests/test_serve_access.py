@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 from cxrfm.cli import main  # noqa: E402
 from cxrfm.serve.limits import BearerToken  # noqa: E402
 from cxrfm.serve.server import check_exposure, is_loopback  # noqa: E402
+from tests.helpers import start_server, stop_server  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -185,29 +185,13 @@ def test_banner_points_to_the_page_and_the_spec_and_settings_reach_the_server(ca
 def token_server(run_dir):
     port = _free_port()
     env = {**os.environ, "CXRFM_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrfm", "serve", "--model", str(run_dir), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    proc = start_server([sys.executable, "-m", "cxrfm", "serve", "--model", str(run_dir), "--port", str(port)], env,
+                        url + "/")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start within 120 s"
-            time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def test_cli_server_takes_the_token_from_the_environment(token_server):

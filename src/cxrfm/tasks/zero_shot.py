@@ -1,11 +1,5 @@
-"""Zero-shot findings classification with positive / negative prompt ensembles.
-
-Follows CheXzero (Tiu et al., "Expert-level detection of pathologies from unannotated chest X-ray
-images via self-supervised learning", Nat. Biomed. Eng. 2022): each finding has a positive and a
-negative prompt ("chest x-ray showing cardiomegaly." / "no cardiomegaly."); an image's score is the
-softmax over its two similarities, i.e. the probability of the positive prompt. The classifier is
-built as open_clip's ``build_zero_shot_classifier``: every prompt of an ensemble is embedded, the
-embeddings averaged and renormalised (Radford et al., CLIP, 2021, section 3.1.4).
+"""Zero-shot findings classification, evaluated: the prompt-ensemble head of
+:mod:`cxrfm.inference.zero_shot` (CheXzero-style positive / negative prompts) scored per finding.
 
 Scoring is honest about sources: pooled AUROC over a multi-source set rewards telling hospitals
 apart (Zech et al., PLoS Med 2018; DeGrave et al., Nat. Mach. Intell. 2021 for COVID-19), so each
