@@ -227,3 +227,10 @@ def test_page_asks_for_the_token_then_shows_which_head_answered(token_server, sh
             assert page.is_hidden("#head-note")  # the tiny run has no saved head, so none was passed over
         finally:
             browser.close()
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_v1_route(client):
+    spec = client.get("/openapi.json").json()  # the spec itself is open: clients read it to learn the scheme
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    v1 = {p: ops for p, ops in spec["paths"].items() if p.startswith("/v1")}
+    assert v1 and all(op["security"] == [{"bearer": []}] for ops in v1.values() for op in ops.values())

@@ -171,12 +171,33 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
                        idle_s=settings.body_idle_s, deadline_s=settings.body_deadline_s)
     if settings.token:
         app.add_middleware(BearerToken, token=settings.token)
+        _declare_bearer(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     return app
+
+
+def _declare_bearer(app) -> None:
+    """Say in /openapi.json that every /v1 route needs ``Authorization: Bearer <token>`` (clients and
+    generated SDKs read it there), as the BearerToken middleware enforces."""
+    plain = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = plain()
+            spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http", "scheme": "bearer", "description": "the server's --token / CXRFM_TOKEN"}
+            for path, ops in spec.get("paths", {}).items():
+                if path.startswith("/v1"):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def settings_from(**overrides) -> ServeSettings:
