@@ -232,3 +232,18 @@ def stop_server(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def sampled_shards(shared_data: Path, base: Path, n: int, seed: int, size: int, per_shard: int = 6) -> Path:
+    """``n`` real rows that have a training text (drawn with ``seed``), written as BASE/manifest.csv and
+    packed by `cxrfm shard` at ``size`` px, ``per_shard`` samples a shard; returns BASE/shards."""
+    from cxrfm.cli import main
+    from cxrfm.data.pseudo_reports import training_texts
+
+    full = Manifest.load(shared_data / "cxr" / "manifest.csv")
+    usable = np.flatnonzero([t is not None for t in training_texts(full, skip=True)])
+    rows = np.sort(np.random.default_rng(seed).choice(usable, size=n, replace=False))
+    full.subset(rows).save(base / "manifest.csv")
+    assert main(["shard", str(base / "manifest.csv"), "--out", str(base / "shards"), "--size", str(size),
+                 "--per-shard", str(per_shard), "--no-progress"]) == 0
+    return base / "shards"

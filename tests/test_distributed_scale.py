@@ -11,13 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.helpers import spawn_and_join
+from tests.helpers import sampled_shards, spawn_and_join
 import torch
 
-from cxrfm.data.schema import Manifest
 from cxrfm.run import RunDir
 
 COUNTS = [3, 5]  # uneven: curation keeps different numbers of pairs on each rank
@@ -105,18 +103,8 @@ def test_local_loss_with_gather_with_grad_matches_single_process(tmp_path):
 # ------------------------------------------------------------------ torchrun on streamed shards
 @pytest.fixture(scope="module")
 def shards(shared_data, tmp_path_factory):
-    from cxrfm.cli import main
-    from cxrfm.data.pseudo_reports import training_texts
-
-    full = Manifest.load(shared_data / "cxr" / "manifest.csv")
-    usable = np.flatnonzero([t is not None for t in training_texts(full, skip=True)])
-    rows = np.sort(np.random.default_rng(4).choice(usable, size=40, replace=False))
-    base = tmp_path_factory.mktemp("ds")
-    full.subset(rows).save(base / "manifest.csv")
     # 7 shards on 2 ranks: the world size does not divide the shard count (documented: equal steps)
-    assert main(["shard", str(base / "manifest.csv"), "--out", str(base / "shards"), "--size", "32",
-                 "--per-shard", "6", "--no-progress"]) == 0
-    return base / "shards"
+    return sampled_shards(shared_data, tmp_path_factory.mktemp("ds"), n=40, seed=4, size=32)
 
 
 def _pretrain_args(shards: Path, out: Path) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from cxrfm.cli import main
@@ -12,22 +11,14 @@ from cxrfm.data.schema import Manifest
 from cxrfm.errors import ConfigError, RunDirError
 from cxrfm.run import RunDir
 from cxrfm.train.loop import pretrain
+from tests.helpers import sampled_shards
 
 TINY = {"image_size": 32, "train.batch_size": 8, "train.log_every": 1}
 
 
 @pytest.fixture(scope="module")
 def shards(shared_data, tmp_path_factory):
-    from cxrfm.data.pseudo_reports import training_texts
-
-    full = Manifest.load(shared_data / "cxr" / "manifest.csv")
-    usable = np.flatnonzero([t is not None for t in training_texts(full, skip=True)])
-    rows = np.sort(np.random.default_rng(2).choice(usable, size=36, replace=False))
-    base = tmp_path_factory.mktemp("sp")
-    full.subset(rows).save(base / "manifest.csv")
-    assert main(["shard", str(base / "manifest.csv"), "--out", str(base / "shards"), "--size", "40",
-                 "--per-shard", "6", "--no-progress"]) == 0
-    return base / "shards"
+    return sampled_shards(shared_data, tmp_path_factory.mktemp("sp"), n=36, seed=2, size=40)
 
 
 def test_cli_pretrain_streams_shards_with_online_curation(shards, tmp_path, one_torch_thread, capsys):

@@ -72,8 +72,6 @@ def _run_index(args) -> int:
     return 0
 
 
-
-
 # ---------------------------------------------------------------- report
 def _add_report(sub):
     p = sub.add_parser("report", help="render results.json as a self-contained report.html",
@@ -90,8 +88,6 @@ def _run_report(args) -> int:
 
     print(f"report: {render_results_file(args.results, args.out, tasks=list_tasks())}")
     return 0
-
-
 
 
 # ---------------------------------------------------------------- score-reports
