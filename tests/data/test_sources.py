@@ -6,7 +6,6 @@ texts are real IU reports (shared/data/text), NIH rows are the real Data_Entry_2
 from __future__ import annotations
 
 import gzip
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image
 from cxrfm.cli import main
 from cxrfm.data.findings import CHEXPERT_14, FINDINGS, harmonise_row, split_labels
 from cxrfm.data.schema import Manifest
+from cxrfm.data.sources import copy_image
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,7 @@ def iu_reports(shared_data) -> pd.DataFrame:
 
 def put_image(shared_data: Path, name: str, dst: Path) -> Path:
     """Copy shared/data/cxr/images/<name> to dst, re-encoding as JPEG when dst says .jpg/.jpeg."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    src = shared_data / "cxr" / "images" / name
-    if dst.suffix.lower() in {".jpg", ".jpeg"}:
-        with Image.open(src) as im:
-            im.convert("L").save(dst, "JPEG", quality=90)
-    else:
-        shutil.copyfile(src, dst)
-    return dst
+    return copy_image(shared_data / "cxr" / "images" / name, dst)
 
 
 def text(v: object) -> str:
