@@ -215,7 +215,7 @@ class Manifest:
         df = self.table.copy()
         new_root = path.resolve().parent
         if new_root != self.root:
-            for c in ("image", "mask"):
-                if c in df.columns:
+            for c in df.columns:  # image, mask and every mask_<structure> column hold relative paths
+                if c in ("image", "mask") or str(c).startswith("mask_"):
                     df[c] = [None if _is_blank(v) else os.path.relpath(self.root / v, new_root) for v in df[c]]
         return write_table(df, path)
