@@ -5,8 +5,10 @@ per image: decodes within bounds, asks the OOD gate (:mod:`.gate`) whether it is
 all (refused with the gate's verdict if not), answers each finding with the run's findings head
 (:mod:`.heads`: the head ``cxrfm eval`` fitted and saved, else the zero-shot one, and it says which),
 drafts the structured report with the same function the ``report`` task scores (:mod:`.report`),
-adds the nearest training studies from an index (:mod:`.index`) and a Grad-CAM map of the top finding
-(:mod:`.gradcam`). The HTTP layer (:mod:`cxrfm.serve.app`) only moves bytes in and JSON out.
+adds the nearest training studies from an index (:mod:`.index`), a Grad-CAM map of the top finding
+(:mod:`.gradcam`) and the anatomy (:mod:`.anatomy_outlines`: heart and lung outlines and the
+cardiothoracic ratio from the run's own anatomy folder, else the default one; absent with a note when
+none loads). The HTTP layer (:mod:`cxrfm.serve.app`) only moves bytes in and JSON out.
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ class Analyzer:
         from .concepts import run_concepts
 
         self.concepts = run_concepts(self.run_dir)  # named SAE features, when `cxrfm concepts train` made them
+        from .anatomy_outlines import load_served_anatomy
+
+        self.anatomy = load_served_anatomy(self.run_dir)  # RUN/anatomy, else $CXRFM_ANATOMY / shipped; or a note
         self.index = None
         if index_dir is not None:
             from .index import load_index
@@ -140,18 +145,25 @@ class Analyzer:
     def embed_text(self, text: str) -> torch.Tensor:
         return self.model.encode_text([text], normalize=True)[0].float()  # (D,)
 
-    def analyze_bytes(self, data: bytes, name: str = "upload", settings: AnalyzeSettings | None = None
-                      ) -> dict[str, Any]:
-        """The full analysis of one upload. Raises ImageReadError / UploadTooLarge / Refused."""
-        return self.analyze(self.decode(data, name, settings), source=data)
+    def analyze_bytes(self, data: bytes, name: str = "upload", settings: AnalyzeSettings | None = None,
+                      view: str | None = None) -> dict[str, Any]:
+        """The full analysis of one upload. Raises ImageReadError / UploadTooLarge / Refused / ViewError."""
+        from .anatomy_outlines import check_view
 
-    def analyze(self, img: torch.Tensor, source: bytes | str | Path | None = None) -> dict[str, Any]:
-        """Everything about one (1, H, W) image; ``source`` (its bytes or path) lets the gate see its colour."""
+        view = check_view(view)  # a bad view is refused before any decoding
+        return self.analyze(self.decode(data, name, settings), source=data, view=view)
+
+    def analyze(self, img: torch.Tensor, source: bytes | str | Path | None = None,
+                view: str | None = None) -> dict[str, Any]:
+        """Everything about one (1, H, W) image; ``source`` (its bytes or path) lets the gate see its colour;
+        ``view`` (PA, AP, LATERAL..., None when unknown) decides whether the CTR is measured."""
         from ..data.images import letterbox_geometry
+        from .anatomy_outlines import check_view
         from .gradcam import finding_heatmap, heatmap_png_data_url
         from .report import structured_report
 
         t0 = time.perf_counter()
+        view = check_view(view)
         x = self._prepare(img)  # (1, 1, S, S)
         with torch.no_grad():
             emb = self.model.encode_image(x, normalize=True).float()  # (1, D)
@@ -185,6 +197,7 @@ class Analyzer:
         out["heatmap"] = ({"finding": top, "method": "grad-cam", "overlay_png": heatmap_png_data_url(disp, heat)}
                           if heat is not None else None)
         out["image_size"] = {"height": int(img.shape[1]), "width": int(img.shape[2])}
+        out["anatomy"] = self.anatomy.entry(img, view)  # outlines in these pixels, the CTR; or why absent
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return out
 
@@ -214,6 +227,7 @@ class Analyzer:
             "findings": self.findings,
             "head": {**self.head.describe(), "note": self.head_note},
             "concepts": ({"n_features": len(self.concepts.names)} if self.concepts is not None else None),
+            "anatomy": self.anatomy.describe(),
             "image_size": self.model.image_size,
             "embed_dim": self.model.embed_dim,
             "ood_gate": {"threshold": self.gate.threshold, "tpr": self.gate.tpr, "weights": self.gate.weights,

@@ -6,8 +6,9 @@ evaluation measured. ``create_app(run_dir, index_dir=None, settings=ServeSetting
 
 * ``POST /v1/analyze``  image (PNG / JPEG / DICOM, detected by content) -> OOD verdict; for a chest
   radiograph also per-finding probabilities (and which head answered), nearest training reports
-  (with ``--index``), a draft structured report and a Grad-CAM heat map of the top finding. A non-CXR
-  is refused (422), not scored.
+  (with ``--index``), a draft structured report, a Grad-CAM heat map of the top finding and the anatomy
+  (heart and lung outlines, the cardiothoracic ratio; an optional ``view`` field, a lateral view refuses
+  the ratio). A non-CXR is refused (422), not scored.
 * ``POST /v1/embed``    image file or ``text`` field -> L2-normalised embedding.
 * ``GET /v1/health``, ``GET /v1/model`` (config, data hash, curation summary), ``/openapi.json``, ``/``.
 
@@ -35,6 +36,7 @@ from ..inference.analyze import (AnalyzeSettings, Analyzer, Refused, UploadTooLa
                                  declared_pixels)
 from .forms import FormError, field_text, parse_form
 from .limits import BearerToken, BodyLimit
+from .schemas import ANALYZE_OK
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FRAMING = 64 * 1024  # multipart boundaries and part headers on top of the largest upload
@@ -102,14 +104,21 @@ def create_app(run_dir: str | Path, index_dir: str | Path | None = None,
     async def form_error(_request, e: FormError):
         return error(e.status, str(e))
 
-    @app.post("/v1/analyze", responses=_ERRORS, summary="Analyse one chest radiograph", openapi_extra=_multipart(
-        {"file": {**_FILE, "description": "PNG, JPEG or DICOM (detected by content)"}}, ["file"]))
+    @app.post("/v1/analyze", responses={200: ANALYZE_OK, **_ERRORS}, summary="Analyse one chest radiograph",
+              openapi_extra=_multipart(
+                  {"file": {**_FILE, "description": "PNG, JPEG or DICOM (detected by content)"},
+                   "view": {"type": "string", "maxLength": 40, "examples": ["PA", "AP", "LATERAL"],
+                            "description": "the projection, when known: PA, AP, LATERAL (or LL, RL, LAT...). A "
+                                           "lateral view refuses the cardiothoracic ratio (outlines still given); "
+                                           "left out, the ratio is measured as on a frontal film. Other "
+                                           "values: 422."}}, ["file"]))
     async def analyze(request: Request):
-        data = (await read_form(request)).get("file")
+        form = await read_form(request)
+        data, view = form.get("file"), field_text(form, "view")
         if data is None:
             return error(422, "the form has no `file` field; send the image as `file` (curl -F file=@scan.png)")
         try:
-            return await infer(service.analyze_bytes, data, "upload", settings)
+            return await infer(service.analyze_bytes, data, "upload", settings, view)
         except Refused as e:
             return error(422, str(e), is_cxr=False, ood=e.ood)
         except UploadTooLarge as e:

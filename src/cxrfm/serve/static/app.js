@@ -5,6 +5,8 @@ const $ = (id) => document.getElementById(id);
 let overlayUrl = null;
 let plainUrl = null;
 let showHeat = true;
+let lastFile = null;  // re-analysed when the projection changes
+const SVG = "http://www.w3.org/2000/svg";
 let token = readToken();  // the server's bearer token, when it asks for one (kept for this tab only)
 
 function setStatus(text) { $("status").textContent = text; }
@@ -39,7 +41,8 @@ async function loadModelLine() {
     }
     $("token-form").hidden = true;
     const idx = m.index ? `, ${m.index.n} indexed cases` : ", no retrieval index";
-    $("model-line").textContent = `Model ${m.run} · ${m.image_size} px · ${m.findings.length} findings${idx}`;
+    const anat = m.anatomy && m.anatomy.available ? ` · anatomy model ${m.anatomy.folder}` : " · no anatomy model";
+    $("model-line").textContent = `Model ${m.run} · ${m.image_size} px · ${m.findings.length} findings${idx}${anat}`;
   } catch (e) {
     $("model-line").textContent = "Model information unavailable.";
   }
@@ -120,6 +123,61 @@ function renderImage() {
   btn.textContent = useHeat ? "Hide heat map" : "Show heat map";
 }
 
+// anatomy: outlines (polygons in the original image's pixel edges) and the CTR's two widths, drawn in an
+// SVG whose viewBox is the original image's size, laid over the displayed image
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+}
+
+function widthLine(svg, line, size) {
+  if (!line) return;
+  const [row, x0, x1] = line;
+  const y = row + 0.5, tick = Math.max(3, size.height * 0.012);
+  svg.append(svgEl("line", { class: "width", x1: x0, y1: y, x2: x1 + 1, y2: y, "vector-effect": "non-scaling-stroke" }));
+  for (const x of [x0, x1 + 1]) {
+    svg.append(svgEl("line", { class: "width tick", x1: x, y1: y - tick, x2: x, y2: y + tick, "vector-effect": "non-scaling-stroke" }));
+  }
+}
+
+function renderAnatomy(a) {
+  const svg = $("anatomy-overlay");
+  svg.replaceChildren();
+  const line = $("ctr-line");
+  const toggle = $("toggle-anatomy");
+  line.className = "ctr";
+  if (!a || !a.available) {
+    toggle.disabled = true;
+    line.classList.add("refused");
+    line.textContent = a ? a.summary : "No anatomy in this answer.";
+    $("anatomy-legend").hidden = true;
+    svg.toggleAttribute("hidden", true);
+    return;
+  }
+  const size = a.image_size;
+  svg.setAttribute("viewBox", `0 0 ${size.width} ${size.height}`);
+  for (const [name, s] of Object.entries(a.structures)) {
+    for (const poly of s.outline) {
+      const points = poly.map(([x, y]) => `${x},${y}`).join(" ");
+      const shape = svgEl("polygon", { class: `outline ${name}`, points, "vector-effect": "non-scaling-stroke" });
+      shape.append(svgEl("title", {}));
+      shape.lastChild.textContent = name.replace("_", " ");
+      svg.append(shape);
+    }
+  }
+  if (a.ctr && a.ctr.ratio !== null) {
+    widthLine(svg, a.ctr.heart_line, size);
+    widthLine(svg, a.ctr.thorax_line, size);
+  }
+  line.textContent = a.summary;
+  if (a.ctr && a.ctr.enlarged) line.classList.add("enlarged");
+  if (!a.ctr || a.ctr.ratio === null) line.classList.add("refused");
+  toggle.disabled = false;
+  $("anatomy-legend").hidden = false;
+  svg.toggleAttribute("hidden", !toggle.checked);
+}
+
 function showRefusal(message) {
   $("results").hidden = true;
   $("refusal").hidden = false;
@@ -130,8 +188,10 @@ async function analyze(file) {
   if (!file) return;
   setStatus(`Analysing ${file.name}…`);
   $("refusal").hidden = true;
+  lastFile = file;
   const body = new FormData();
   body.append("file", file);
+  if ($("view").value) body.append("view", $("view").value);
   let r, data;
   try {
     r = await fetch("/v1/analyze", { method: "POST", body, headers: authHeaders() });
@@ -154,6 +214,7 @@ async function analyze(file) {
     ? `Heat map (Grad-CAM) for the top finding: ${data.heatmap.finding}. A saliency aid, not a segmentation.`
     : "No heat map.";
   renderImage();
+  renderAnatomy(data.anatomy);
   renderFindings(data.findings);
   renderHead(data.head, data.findings);
   $("report").textContent = data.report;
@@ -173,6 +234,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("file").addEventListener("change", (e) => analyze(e.target.files[0]));
   $("toggle-heat").addEventListener("click", () => { showHeat = !showHeat; renderImage(); });
+  $("toggle-anatomy").addEventListener("change", (e) => { $("anatomy-overlay").toggleAttribute("hidden", !e.target.checked); });
+  $("view").addEventListener("change", () => { if (lastFile) analyze(lastFile); });
   $("copy-report").addEventListener("click", async () => {
     try { await navigator.clipboard.writeText($("report").textContent); setStatus("Report copied."); }
     catch (e) { setStatus("Copy failed: select the text and copy it by hand."); }
