@@ -66,6 +66,9 @@ def read_meta(path: str | Path) -> dict:
     path = Path(path)
     f = path / META
     if not f.is_file():
+        if path.resolve() == SHIPPED:
+            raise AnatomyModelError(f"the shipped anatomy model is not in this install ({path}); set CXRFM_ANATOMY "
+                                    f"or pass --model DIR (train one with `cxrfm anatomy train`)")
         raise AnatomyModelError(f"{path}: not an anatomy model folder (no {META}); train one with "
                                 f"`cxrfm anatomy train --data MANIFEST --out DIR`, or leave --model out for "
                                 f"the shipped one")

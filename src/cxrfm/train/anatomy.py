@@ -33,6 +33,11 @@ class SupervisedSettings:
     shift: float = 0.06
 
 
+def warmup_share(steps: int) -> float:
+    """OneCycleLR's warm-up share: 10 % of the steps, never exactly one step (which divides by zero there)."""
+    return 0.1 if round(0.1 * steps) != 1 else 0.2
+
+
 def random_affine(x: torch.Tensor, g: torch.Generator, rotate_deg: float, scale: float, shift: float,
                   ys: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The same random affine per sample on ``x`` (B, C, S, S) and each of ``ys`` (B, C', S, S)."""
@@ -97,7 +102,8 @@ def fit_supervised(images: Sequence[torch.Tensor], masks: dict[str, Sequence], s
         net = UNet(UNetConfig(structures=structures, size=settings.size))
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps,
+                                                pct_start=warmup_share(settings.steps))
     net.train()
     n = len(x)
     for _ in tqdm(range(settings.steps), desc="anatomy U-Net", unit="step", disable=not progress, leave=False):
