@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "cxrfm.tasks.zero_shot", "cxrfm.tasks.retrieval", "cxrfm.tasks.probe", "cxrfm.tasks.segmentation",
     "cxrfm.tasks.report", "cxrfm.tasks.ood", "cxrfm.tasks.shortcut",
-    "cxrfm.tasks.prevalence", "cxrfm.tasks.concepts",
+    "cxrfm.tasks.prevalence", "cxrfm.tasks.concepts", "cxrfm.tasks.anatomy",
 )
 # What a task may declare in ``needs``; the suite skips a task, with this reason, when no row has it.
 DATA_NEEDS: dict[str, str] = {
