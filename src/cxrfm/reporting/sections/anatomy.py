@@ -161,5 +161,6 @@ def console(r: Mapping) -> list[str]:
                      f"(n={c.get('n_scored')}, refused {c.get('n_refused')}); "
                      f"cardiomegaly kappa {cell(kap, 5).strip()}")
     else:
-        lines.append(f"  CTR: {c.get('skipped') or c.get('note') or 'not measured'}")
+        refused = f" ({c['n_refused']} of {c.get('n_test')} test rows refused)" if c.get("n_refused") else ""
+        lines.append(f"  CTR: {c.get('skipped') or c.get('note') or 'not measured'}{refused}")
     return lines
