@@ -9,6 +9,7 @@ helpers without breaking another file's collection.
 - :func:`tiny_run` / :func:`tiny_index`: a tiny-cpu run trained once per session on ~100 real CXRs
   (``HELD_OUT`` images excluded), and a retrieval index over its training images.
 - :func:`make_tiny_run`: a 1-epoch 32 px tiny-cpu run on 40 rows per source (probe/segmentation/shortcut).
+- :func:`tiny_anatomy`: a 32 px U-Net anatomy folder trained ~6 s on 12 real anatomy rows (once per session).
 - :func:`png_bytes`, :func:`natural_png`, :func:`bomb_png`, :func:`dicom_without_pixels`: upload bodies.
 - :func:`free_port`, :func:`rss_mb`: for the uvicorn subprocess fixture.
 """
@@ -68,6 +69,19 @@ def subset_manifest(path, per_source: int = 50) -> Manifest:
     return m.subset(np.sort(rows))
 
 
+def with_anatomy_rows(manifest: Manifest, anatomy_manifest_path, n: int = 12) -> Manifest:
+    """``manifest`` plus the first ``n`` rows of the anatomy manifest (heart / lung ``mask_<structure>``
+    columns, ``ctr_reference``), their paths made absolute, so one table has every kind of data."""
+    import pandas as pd
+
+    extra = Manifest.load(anatomy_manifest_path)
+    t = extra.table.iloc[:n].copy()
+    for c in t.columns:
+        if c == "image" or c == "mask" or str(c).startswith("mask_") and c != "mask_source":
+            t[c] = [None if not isinstance(v, str) or not v.strip() else str(extra.root / v) for v in t[c]]
+    return Manifest.from_table(pd.concat([manifest.table, t], ignore_index=True), manifest.root)
+
+
 def make_tiny_run(root, manifest_path, cache_dir):
     """Pretrain tiny-cpu for one epoch on 40 rows per source at 32 px; returns the run dir."""
     from cxrfm.train.loop import pretrain
@@ -103,6 +117,38 @@ def tiny_run(tmp_path_factory, shared_data: Path) -> Path:
             pretrain(root / "train_manifest.csv", run, config="tiny-cpu", curate="none", budget=1.0, epochs=1,
                      seed=0, progress=False, cache_dir=root / "cache")
     return run
+
+
+ANATOMY_STRUCTURES = ("heart", "left_lung", "right_lung")
+
+
+def tiny_anatomy(tmp_path_factory, shared_data: Path) -> Path:
+    """An anatomy folder (``save_anatomy``) with a tiny U-Net (32 px, widths 4/8) trained 60 steps on 12
+    training-split rows of the real anatomy data (~6 s on one core); built once per session, then reused.
+    Point ``CXRFM_ANATOMY`` (or ``model_dir=``) at it: the shipped weights come later."""
+    from filelock import FileLock
+
+    root = Path(tmp_path_factory.getbasetemp()) / "anatomy_tiny"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "tiny-anatomy"
+    with FileLock(str(root / ".lock")):
+        if not (out / "anatomy.json").exists():
+            from cxrfm.data.anatomy import anatomy_split, load_structures
+            from cxrfm.models.anatomy_store import save_anatomy
+            from cxrfm.train.anatomy import SupervisedSettings, fit_supervised
+
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                m = Manifest.load(shared_data / "anatomy" / "manifest.csv")
+                rows = np.flatnonzero(anatomy_split(m) == "train")[:12]
+                imgs, masks = load_structures(m, rows, list(ANATOMY_STRUCTURES))
+                net = fit_supervised(imgs, masks, settings=SupervisedSettings(size=32, steps=60, batch_size=4,
+                                                                              lr=1e-2), seed=0)
+            finally:
+                torch.set_num_threads(n)
+            save_anatomy(out, unet=net, training={"unet": {"rows": [str(m.table["image"].iloc[r]) for r in rows]}})
+    return out
 
 
 def tiny_index(run: Path) -> Path:

@@ -21,18 +21,23 @@ from cxrfm.tasks.suite import (
     EvalContext, _jsonable, _parse_tasks, format_results_table, run_task,
 )
 from cxrfm.tasks.zero_shot import load_prompts
-from tests.helpers import StandInModel, make_tiny_run, subset_manifest
+from tests.helpers import StandInModel, make_tiny_run, subset_manifest, with_anatomy_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory, cxr_manifest_path, cache_dir, one_torch_thread):
+def context(tmp_path_factory, cxr_manifest_path, shared_data, cache_dir, one_torch_thread):
+    from cxrfm.tasks import anatomy
+
     root = tmp_path_factory.mktemp("contract")
     run = make_tiny_run(root, cxr_manifest_path, cache_dir)
-    return EvalContext(model=load_model(run), manifest=subset_manifest(cxr_manifest_path, per_source=30),
-                       n_boot=20, prompts=load_prompts(None), cache_dir=cache_dir, out_dir=root / "out",
-                       run_dir=run)
+    manifest = with_anatomy_rows(subset_manifest(cxr_manifest_path, per_source=30),
+                                 shared_data / "anatomy" / "manifest.csv", n=12)
+    with pytest.MonkeyPatch.context() as mp:  # the anatomy task's real defaults train ~20 U-Nets at 192 px
+        mp.setattr(anatomy, "DEFAULT_SETTINGS", anatomy.AnatomySettings.tiny())
+        yield EvalContext(model=load_model(run), manifest=manifest, n_boot=20, prompts=load_prompts(None),
+                          cache_dir=cache_dir, out_dir=root / "out", run_dir=run)
 
 
 def _builtin(task: Task) -> bool:

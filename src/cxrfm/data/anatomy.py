@@ -32,13 +32,18 @@ class MaskError(CxrfmError):
     """A mask that cannot be used: unreadable, not binary, of another size than its image, empty."""
 
 
+MASK_FILE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
+
+
 def structure_columns(table) -> dict[str, str]:
-    """``{structure: column}`` for every ``mask_<structure>`` column with at least one path."""
+    """``{structure: column}`` for every ``mask_<structure>`` column whose filled cells are mask files
+    (a metadata column such as ``mask_source``, holding text, is not a structure)."""
     out = {}
     for col in table.columns:
         if str(col).startswith(PREFIX) and len(str(col)) > len(PREFIX):
-            vals = table[col]
-            if vals.notna().any() and (vals.astype(str).str.strip() != "").any():
+            vals = table[col].dropna().astype(str).str.strip()
+            vals = vals[vals != ""]
+            if len(vals) and vals.str.lower().str.endswith(MASK_FILE_SUFFIXES).all():
                 out[str(col)[len(PREFIX):]] = str(col)
     return out
 

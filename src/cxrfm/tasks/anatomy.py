@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 MIN_PATIENTS = 10
 CTR_STRUCTURES = ("heart", "left_lung", "right_lung")
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 OVERLAY_FILES = {"best": "anatomy_best.png", "median": "anatomy_median.png", "worst": "anatomy_worst.png"}
 
 
@@ -75,16 +74,11 @@ class AnatomySettings:
 
 # ---------------------------------------------------------------- rows
 def mask_columns(table) -> dict[str, str]:
-    """``{structure: column}``: the ``mask_<structure>`` columns whose filled cells are all image files
-    (so a metadata column such as ``mask_source``, "where the lung masks came from", is not a structure)."""
+    """``{structure: column}``: the ``mask_<structure>`` columns holding mask files
+    (:func:`cxrfm.data.anatomy.structure_columns`; a metadata column such as ``mask_source`` is not one)."""
     from ..data.anatomy import structure_columns
 
-    out = {}
-    for s, col in structure_columns(table).items():
-        vals = [str(v).strip() for v in table[col].dropna() if str(v).strip()]
-        if vals and all(v.lower().endswith(MASK_SUFFIXES) for v in vals):
-            out[s] = col
-    return out
+    return structure_columns(table)
 
 
 def split_rows(context: "EvalContext", settings: AnatomySettings) -> tuple[np.ndarray, np.ndarray, dict]:
