@@ -1,8 +1,8 @@
 """Anatomy in /v1/analyze and on the page: heart and lung outlines and the cardiothoracic ratio.
 
-The anatomy model is a tiny U-Net (32 px, widths 4/8) trained here for a few seconds on 12 rows of the
-real anatomy data and saved with ``save_anatomy`` into a tmp folder that ``CXRFM_ANATOMY`` names (the
-shipped weights come later); the dual encoder is the session's tiny run (tests/helpers.py).
+The anatomy model is a tiny U-Net (32 px, widths 4/8) trained for a few seconds on 12 rows of the real
+anatomy data and saved with ``save_anatomy`` into a tmp folder that ``CXRFM_ANATOMY`` names (the shipped
+weights come later; ``tiny_anatomy`` in tests/helpers.py); the dual encoder is the session's tiny run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from tests.helpers import HELD_OUT, natural_png  # noqa: E402
+from tests.helpers import HELD_OUT, natural_png, tiny_anatomy  # noqa: E402
 
 STRUCTURES = {"left_lung", "right_lung", "heart"}
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,18 +25,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def anatomy_dir(tmp_path_factory, shared_data, one_torch_thread):
-    """A tiny U-Net trained 60 steps on 12 training-split rows of the anatomy data (~6 s on one core)."""
-    from cxrfm.data.anatomy import anatomy_split, load_structures
-    from cxrfm.data.schema import Manifest
-    from cxrfm.models.anatomy_store import save_anatomy
-    from cxrfm.train.anatomy import SupervisedSettings, fit_supervised
-
-    m = Manifest.load(shared_data / "anatomy" / "manifest.csv")
-    rows = np.flatnonzero(anatomy_split(m) == "train")[:12]
-    imgs, masks = load_structures(m, rows, sorted(STRUCTURES))
-    net = fit_supervised(imgs, masks, settings=SupervisedSettings(size=32, steps=60, batch_size=4, lr=1e-2), seed=0)
-    return save_anatomy(tmp_path_factory.mktemp("anatomy") / "tiny-anatomy", unet=net,
-                        training={"unet": {"rows": [str(m.table["image"].iloc[r]) for r in rows]}})
+    """A tiny U-Net trained 60 steps on 12 training-split rows of the anatomy data (tests/helpers.py)."""
+    return tiny_anatomy(tmp_path_factory, shared_data)
 
 
 @pytest.fixture(scope="module")

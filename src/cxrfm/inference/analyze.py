@@ -8,7 +8,10 @@ drafts the structured report with the same function the ``report`` task scores (
 adds the nearest training studies from an index (:mod:`.index`), a Grad-CAM map of the top finding
 (:mod:`.gradcam`) and the anatomy (:mod:`.anatomy_outlines`: heart and lung outlines and the
 cardiothoracic ratio from the run's own anatomy folder, else the default one; absent with a note when
-none loads). The HTTP layer (:mod:`cxrfm.serve.app`) only moves bytes in and JSON out.
+none loads). The evidence trail per finding (:mod:`.evidence`: Grad-CAM peak by lung zone, concepts,
+CTR, nearest reports, a reasoning trace) decides what the structured draft may state as present, and
+every sentence of the draft points to its entries. The HTTP layer (:mod:`cxrfm.serve.app`) only moves
+bytes in and JSON out.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .. import __version__
 from ..data.findings import FINDINGS
 from ..errors import ConfigError, CxrfmError, ImageReadError
 from ..run import RunDir
+from .report import draft_report
 
 DISPLAY_SIDE = 512  # longest side of the image shown on the page (heat map overlaid at this size)
 
@@ -160,7 +164,6 @@ class Analyzer:
         from ..data.images import letterbox_geometry
         from .anatomy_outlines import check_view
         from .gradcam import finding_heatmap, heatmap_png_data_url
-        from .report import structured_report
 
         t0 = time.perf_counter()
         view = check_view(view)
@@ -170,7 +173,7 @@ class Analyzer:
         v = self.gate.verdict(img, emb, source=source)
         ood = {"score": v["score"], "threshold": v["threshold"], "components": v["components"],
                "tpr": self.gate.tpr, "reason": v["reason"]}
-        if not v["passed"]:
+        if not v["passed"]:  # no report: the refusal instead
             raise Refused(f"This image does not look like a chest radiograph ({v['reason']}), so it was not "
                           "analysed. Upload a frontal or lateral chest X-ray (PNG, JPEG or DICOM).", ood)
         probs = self.head.predict(emb)[0]  # (F,) the evaluated head's answer
@@ -182,24 +185,37 @@ class Analyzer:
             "findings": [{"finding": f, "probability": prob[f], "head": self.head.kind_of(f)} for f in self.findings],
             "head": {**self.head.describe(), "note": self.head_note},
             "top_finding": top,
-            "report": structured_report(prob, self.settings.report_thresholds or None),
             "neighbours": self.neighbours(emb),
             "concepts": self.top_concepts(emb),
         }
+        out["anatomy"] = self.anatomy.entry(img, view)  # outlines in these pixels, the CTR; or why absent
+        # the evidence trail per finding, then the structured draft whose sentences point into it
+        evidence, maps = self.evidence_builder().collect(img, emb[0], prob, view=view, ctr=out["anatomy"].get("ctr"),
+                                                         neighbours=out["neighbours"])
+        draft = draft_report(prob, self.settings.report_thresholds or None, evidence)
+        out.update(evidence=evidence, report=draft["text"],
+                   structured_report={k: draft[k] for k in ("sections", "impression", "statuses", "thresholds")})
         disp = _display_image(img)
-        heat = None
-        if self.settings.heatmap and top is not None:
+        heat = maps.get(top) if top is not None else None  # the top finding's map, along the head's direction
+        if self.settings.heatmap and top is not None and heat is None:
             s = self.model.image_size
             full = finding_heatmap(self.model, x, self.classifier, self.findings.index(top))  # (S, S)
             nh, nw, t, left = letterbox_geometry(img.shape[1], img.shape[2], s)
             heat = full[t:t + nh, left:left + nw]  # the image's part of the letterbox
+        heat = heat if self.settings.heatmap else None
         out["image_png"] = heatmap_png_data_url(disp, None)
         out["heatmap"] = ({"finding": top, "method": "grad-cam", "overlay_png": heatmap_png_data_url(disp, heat)}
                           if heat is not None else None)
         out["image_size"] = {"height": int(img.shape[1]), "width": int(img.shape[2])}
-        out["anatomy"] = self.anatomy.entry(img, view)  # outlines in these pixels, the CTR; or why absent
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return out
+
+    def evidence_builder(self):
+        """The evidence trail's builder over this analyzer's model, head, anatomy and concepts (as they are now)."""
+        from .evidence import EvidenceBuilder
+
+        return EvidenceBuilder(self.model, self.head, anatomy=self.anatomy.anatomy, concepts=self.concepts,
+                               thresholds=self.settings.report_thresholds or None, anatomy_note=self.anatomy.note)
 
     def top_concepts(self, emb: torch.Tensor, k: int = 5) -> list[dict]:
         """The image's strongest named concepts (empty when the run has none)."""

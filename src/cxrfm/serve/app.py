@@ -6,7 +6,9 @@ evaluation measured. ``create_app(run_dir, index_dir=None, settings=ServeSetting
 
 * ``POST /v1/analyze``  image (PNG / JPEG / DICOM, detected by content) -> OOD verdict; for a chest
   radiograph also per-finding probabilities (and which head answered), nearest training reports
-  (with ``--index``), a draft structured report, a Grad-CAM heat map of the top finding and the anatomy
+  (with ``--index``), a draft structured report whose every sentence points into the evidence trail per
+  finding (``evidence``: Grad-CAM peak by lung zone, concepts, CTR, neighbours, a reasoning trace; a
+  finding without evidence is not stated as present), a Grad-CAM heat map of the top finding and the anatomy
   (heart and lung outlines, the cardiothoracic ratio; an optional ``view`` field, a lateral view refuses
   the ratio). A non-CXR is refused (422), not scored.
 * ``POST /v1/embed``    image file or ``text`` field -> L2-normalised embedding.

@@ -67,9 +67,81 @@ ANATOMY_SCHEMA = {
     },
 }
 
+_STATUS = {"enum": ["present", "uncertain", "absent"]}
+_PEAK = {"type": ["object", "null"], "required": ["x", "y", "value"],
+         "properties": {"x": _INT, "y": _INT, "value": _NUM},
+         "description": "the Grad-CAM map's hottest pixel in the original image (x right, y down)"}
+
+EVIDENCE_SCHEMA = {
+    "type": "object",
+    "description": "The evidence trail of one finding (cxrfm.inference.evidence). Support is looked for only for "
+                   "findings drafted present or uncertain; a finding drafted present with no support is stated "
+                   "as uncertain (`downgraded` says why).",
+    "required": ["id", "finding", "system", "probability", "head", "operating_point", "drafted", "status",
+                 "downgraded", "region", "concepts", "ctr", "neighbours", "support", "supported", "trace"],
+    "properties": {
+        "id": {"type": "string", "description": "what report sentences point to, e.g. ev-pleural-effusion"},
+        "finding": {"type": "string"},
+        "system": {"enum": ["lungs_airways", "pleura", "cardiovascular_mediastinum", "bones", "devices", "other"]},
+        "probability": {**_NUM, "description": "the findings head's (calibrated where `head` says so) probability"},
+        "head": {"type": "string", "description": "linear-probe, zero-shot+platt or zero-shot"},
+        "operating_point": {"type": "object", "required": ["possible", "likely", "band", "calibrated"],
+                            "description": "the wording bands that turned the probability into words",
+                            "properties": {"possible": _NUM, "likely": _NUM,
+                                           "band": {"enum": ["no", "possible", "likely"]},
+                                           "calibrated": {"type": "boolean"}}},
+        "drafted": {**_STATUS, "description": "what the probability alone says"},
+        "status": {**_STATUS, "description": "what the report states, after the evidence rule"},
+        "downgraded": {**_OPT_STR, "description": "why a finding drafted present is stated as uncertain"},
+        "region": {"type": ["object", "null"], "description": "the Grad-CAM peak and where it lies",
+                   "properties": {"method": {"type": "string"}, "peak": _PEAK,
+                                  "expected": {"type": "string", "description": "where a supporting peak must be"},
+                                  "inside": {"type": "array", "items": {"type": "string"}},
+                                  "zone": {**_OPT_STR, "description": "e.g. 'right lower zone' (the patient's "
+                                                                      "right; thirds of each lung's height)"},
+                                  "where": _OPT_STR, "supports": {"type": "boolean"}, "note": _OPT_STR,
+                                  "share": {"type": "object", "additionalProperties": _NUM}}},
+        "concepts": {"type": "array", "items": {"type": "object", "required": ["feature", "name", "link"],
+                                                "properties": {"feature": _INT, "name": {"type": "string"},
+                                                               "activation": _NUM, "link": {"type": "string"}}}},
+        "ctr": {"type": ["object", "null"], "description": "cardiac findings: the anatomy entry's CTR"},
+        "neighbours": {"type": "array", "description": "nearest training studies whose report states the finding",
+                       "items": {"type": "object", "properties": {
+                           "id": {"type": "string"}, "similarity": _NUM,
+                           "sentences": {"type": "array", "items": {"type": "string"}}}}},
+        "support": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "supported": {"type": ["boolean", "null"], "description": "null: not looked for (drafted absent)"},
+        "trace": {**_OPT_STR, "description": "evidence -> finding -> impression, in words"},
+    },
+}
+
+_SENTENCE = {"type": "object", "required": ["id", "text", "status", "findings", "evidence"],
+             "properties": {"id": {"type": "string"}, "text": {"type": "string"}, "status": _STATUS,
+                            "findings": {"type": "array", "items": {"type": "string"}},
+                            "evidence": {"type": "array", "items": {"type": "string"},
+                                         "description": "ids of `evidence` entries this sentence rests on"}}}
+
+STRUCTURED_REPORT_SCHEMA = {
+    "type": "object",
+    "description": "The draft by organ system (SRRG-style) with present / absent / uncertain findings and a ranked "
+                   "impression; every sentence points to its evidence. `report` is its text.",
+    "required": ["sections", "impression", "statuses"],
+    "properties": {
+        "sections": {"type": "array", "items": {
+            "type": "object", "required": ["system", "title", "sentences"],
+            "properties": {"system": {"type": "string"}, "title": {"type": "string"},
+                           "sentences": {"type": "array", "items": _SENTENCE}}}},
+        "impression": {"type": "array", "items": _SENTENCE,
+                       "description": "present before uncertain, then by clinical urgency, then by probability"},
+        "statuses": {"type": "object", "additionalProperties": _STATUS},
+        "thresholds": {"type": "object", "additionalProperties": _NUM},
+    },
+}
+
 ANALYZE_SCHEMA = {
     "type": "object",
-    "required": ["is_cxr", "ood", "findings", "report", "image_png", "image_size", "anatomy"],
+    "required": ["is_cxr", "ood", "findings", "report", "structured_report", "evidence", "image_png", "image_size",
+                 "anatomy"],
     "properties": {
         "is_cxr": {"type": "boolean"},
         "ood": {"type": "object", "description": "the OOD gate's verdict (score >= threshold passed)"},
@@ -78,7 +150,9 @@ ANALYZE_SCHEMA = {
                                                                "probability": _NUM, "head": {"type": "string"}}}},
         "head": {"type": "object"},
         "top_finding": _OPT_STR,
-        "report": {"type": "string", "description": "draft structured report"},
+        "report": {"type": "string", "description": "draft structured report (the text of `structured_report`)"},
+        "structured_report": STRUCTURED_REPORT_SCHEMA,
+        "evidence": {"type": "array", "items": EVIDENCE_SCHEMA, "description": "one entry per finding, head order"},
         "neighbours": {"type": "array", "items": {"type": "object"}},
         "concepts": {"type": "array", "items": {"type": "object"}},
         "image_png": {"type": "string", "description": "the image as a PNG data URL (longest side <= 512)"},

@@ -178,6 +178,110 @@ function renderAnatomy(a) {
   svg.toggleAttribute("hidden", !toggle.checked);
 }
 
+// the structured report: sections of sentences, each pointing to evidence entries (ids) shown on hover / focus
+let evidenceById = {};
+let reportText = "";
+let imageSize = null;
+
+function pct(p) { return `${Math.round(p * 100)}%`; }
+
+function sentenceNode(s) {
+  const downgraded = s.evidence.some((id) => evidenceById[id] && evidenceById[id].downgraded);
+  const node = el("span", { class: `sentence ${s.status}${downgraded ? " downgraded" : ""}`, tabindex: "0",
+                            "data-evidence": s.evidence.join(" "), "aria-describedby": "evidence-box" }, s.text);
+  const show = () => showEvidence(s, node);
+  node.addEventListener("mouseenter", show);
+  node.addEventListener("focus", show);
+  return node;
+}
+
+function renderReport(report, structured, evidence) {
+  const box = $("report");
+  box.replaceChildren();
+  evidenceById = {};
+  for (const e of evidence || []) evidenceById[e.id] = e;
+  reportText = report;
+  if (!structured) { box.textContent = report; return; }
+  for (const sec of structured.sections) {
+    box.append(el("div", { class: "rs-title" }, `${sec.title.toUpperCase()}:`));
+    if (!sec.sentences.length) box.append(el("span", { class: "sentence" }, "Not assessed."));
+    for (const s of sec.sentences) box.append(sentenceNode(s));
+  }
+  box.append(el("div", { class: "rs-title" }, "IMPRESSION:"));
+  for (const s of structured.impression) box.append(sentenceNode(s));
+  const last = report.split("\n").pop();
+  box.append(el("p", { class: "disclaimer" }, last));
+  $("evidence-box").hidden = true;
+}
+
+function evidenceDetails(e) {
+  const li = el("li");
+  li.append(el("h3", {}, `${e.finding}: ${e.status} (probability ${e.probability.toFixed(2)}, ${e.head})`));
+  const op = e.operating_point;
+  const items = el("ul");
+  items.append(el("li", {}, `Operating point: possible from ${op.possible.toFixed(2)}, likely from ${op.likely.toFixed(2)}` +
+                          (op.calibrated ? "" : " (uncalibrated head: read the bands with care)")));
+  if (e.downgraded) items.append(el("li", { class: "reason" }, `Not stated as present: ${e.downgraded}`));
+  const r = e.region;
+  if (r) items.append(el("li", {}, r.peak && r.where ? `Grad-CAM peak in ${r.where}` +
+                                   (r.supports ? ` (where it is seen: ${r.expected})` : ` (not in ${r.expected})`)
+                                   : `Grad-CAM: ${r.note || "no peak"}`));
+  for (const c of e.concepts || []) items.append(el("li", {}, `Concept #${c.feature} '${c.name}' (${c.link})`));
+  if (e.ctr && e.ctr.ratio !== null && e.ctr.ratio !== undefined) {
+    items.append(el("li", {}, `CTR ${e.ctr.ratio.toFixed(2)}${e.ctr.enlarged ? " (enlarged)" : " (not enlarged)"}`));
+  }
+  for (const n of e.neighbours || []) items.append(el("li", {}, `Training study ${n.id}: “${n.sentences.join(" ")}”`));
+  if (e.trace) items.append(el("li", { class: "trace" }, `Trace: ${e.trace}`));
+  li.append(items);
+  return li;
+}
+
+function drawPeaks(entries) {
+  const svg = $("evidence-overlay");
+  svg.replaceChildren();
+  if (!imageSize) return;
+  svg.setAttribute("viewBox", `0 0 ${imageSize.width} ${imageSize.height}`);
+  const rad = Math.max(6, 0.04 * Math.max(imageSize.width, imageSize.height));
+  for (const e of entries) {
+    const p = e.region && e.region.peak;
+    if (!p) continue;
+    svg.append(svgEl("circle", { class: "peak", cx: p.x + 0.5, cy: p.y + 0.5, r: rad, "vector-effect": "non-scaling-stroke" }));
+    svg.append(svgEl("circle", { class: "peak-dot", cx: p.x + 0.5, cy: p.y + 0.5, r: rad / 5 }));
+  }
+}
+
+function showEvidence(sentence, node) {
+  for (const other of document.querySelectorAll("#report .sentence.active")) other.classList.remove("active");
+  node.classList.add("active");
+  const entries = sentence.evidence.map((id) => evidenceById[id]).filter(Boolean);
+  const box = $("evidence-box");
+  box.replaceChildren();
+  box.append(el("p", { class: "small muted" }, `Evidence for: “${sentence.text}”`));
+  if (!entries.length) box.append(el("p", {}, "No evidence entry (a general statement)."));
+  const list = el("ul");
+  for (const e of entries.slice(0, 6)) list.append(evidenceDetails(e));
+  if (entries.length > 6) list.append(el("li", { class: "muted" }, `and ${entries.length - 6} more findings, all absent`));
+  box.append(list);
+  box.hidden = false;
+  drawPeaks(entries);
+}
+
+function renderTraces(evidence) {
+  const list = $("traces");
+  list.replaceChildren();
+  const stated = (evidence || []).filter((e) => e.trace).sort((a, b) => b.probability - a.probability);
+  if (!stated.length) {
+    list.append(el("li", { class: "muted" }, "No finding is stated as present or possible."));
+    return;
+  }
+  for (const e of stated) {
+    const li = el("li", { "data-evidence": e.id });
+    li.append(el("span", { class: "status" }, `${e.finding} (${e.status}${e.downgraded ? ", downgraded" : ""}): `),
+              el("span", {}, e.trace));
+    list.append(li);
+  }
+}
+
 function showRefusal(message) {
   $("results").hidden = true;
   $("refusal").hidden = false;
@@ -217,7 +321,10 @@ async function analyze(file) {
   renderAnatomy(data.anatomy);
   renderFindings(data.findings);
   renderHead(data.head, data.findings);
-  $("report").textContent = data.report;
+  imageSize = data.image_size;
+  $("evidence-overlay").replaceChildren();
+  renderReport(data.report, data.structured_report, data.evidence);
+  renderTraces(data.evidence);
   renderNeighbours(data.neighbours);
   renderConcepts(data.concepts);
   $("results").hidden = false;
@@ -237,7 +344,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("toggle-anatomy").addEventListener("change", (e) => { $("anatomy-overlay").toggleAttribute("hidden", !e.target.checked); });
   $("view").addEventListener("change", () => { if (lastFile) analyze(lastFile); });
   $("copy-report").addEventListener("click", async () => {
-    try { await navigator.clipboard.writeText($("report").textContent); setStatus("Report copied."); }
+    try { await navigator.clipboard.writeText(reportText); setStatus("Report copied."); }
     catch (e) { setStatus("Copy failed: select the text and copy it by hand."); }
   });
   const drop = $("drop");
