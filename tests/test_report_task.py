@@ -1,4 +1,5 @@
-"""Report generation: label F1 / BLEU / ROUGE arithmetic, and the task on real rows with a stand-in model.
+"""Report generation: label F1 / BLEU / ROUGE arithmetic, and the task on real rows with a stand-in model
+(the evidence method, which needs a real model's Grad-CAM, is tested in test_report_evidence.py).
 
 Metric tests use hand-made label matrices (checked against scikit-learn) and the sacrebleu /
 rouge-score libraries directly. Task tests run on ~100 real rows of ``shared/data/cxr`` (the covid
@@ -156,7 +157,12 @@ def test_run_result_contract_and_mixed_reference(result, subset):
     ref = result["reference"]
     assert ref["kind"] == "mixed" and ref["report_text"] > 0 and ref["row_labels"] > 0
     assert ref["report_text"] + ref["row_labels"] == result["n"]
-    assert result["headline_method"] == "structured"
+    # the stand-in has no feature maps: no Grad-CAM, so no evidence trail; the headline falls back as fixed in code
+    assert "Grad-CAM" in result["evidence"]["skipped"] and report.HEADLINE_METHOD == "evidence"
+    assert result["headline_method"] == report.HEADLINE_FALLBACK[0] == "structured"
+    assert "fallback fixed in code" in result["headline_rule"] and "Grad-CAM" in result["headline_rule"]
+    assert "skipped" in result["evidence_vs_retrieval"]
+    assert all("evidence" not in e and "evidence_trail" not in e for e in result["examples"])
     assert result["label_f1"] == result["structured"]["label_f1"]
     # the clinical-error metric scores every pair with reference text, the same function as score-reports
     ce = result["clinical_errors"]

@@ -22,6 +22,8 @@ _LAZY = {
     "zero_shot_scores": "cxrfm.inference.zero_shot",
     "load_prompts": "cxrfm.inference.zero_shot",
     "structured_report": "cxrfm.inference.report",
+    "draft_report": "cxrfm.inference.report",
+    "EvidenceBuilder": "cxrfm.inference.evidence",
     "EmbeddingIndex": "cxrfm.inference.index",
     "load_index": "cxrfm.inference.index",
     "grad_cam": "cxrfm.inference.gradcam",

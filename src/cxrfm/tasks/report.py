@@ -1,18 +1,15 @@
-"""Report generation without a language model: nearest-report retrieval and a structured draft.
+"""Report generation without a language model; three generators scored the same way on the same rows:
 
-Two generators, both scored the same way:
-
-* ``retrieval``: the report of the nearest *training* image by cosine similarity of image
-  embeddings (exact search, FAISS ``IndexFlatIP``; Johnson et al. 2017). This is the retrieval
-  baseline of X-REM (Jeong et al., MIDL 2023) and CXR-RePaiR (Endo et al., ML4H 2021), which
-  retrieve whole reports or sentences with a CLIP-style model. Training rows without text contribute
-  a template pseudo-report of their labels (:func:`cxrfm.data.pseudo_reports.template_report`) only
-  when no training row has text at all.
-* ``structured``: zero-shot finding probabilities (CheXzero prompts, :mod:`cxrfm.tasks.zero_shot`)
-  turned into the region-by-region draft of :func:`cxrfm.inference.report.structured_report`.
-  The wording bands ("no" / "possible" / "likely") only mean something on calibrated probabilities,
-  so each finding's score is Platt-scaled (Platt 1999: logistic regression on the logit) on the
-  training rows where that finding has enough known labels; the others keep the raw softmax.
+* ``retrieval``: the report of the nearest *training* image by cosine similarity of image embeddings
+  (exact search, FAISS ``IndexFlatIP``), the retrieval baseline of X-REM (Jeong et al., MIDL 2023) and
+  CXR-RePaiR (Endo et al., ML4H 2021). Training rows without text contribute a template pseudo-report
+  of their labels (:func:`cxrfm.data.pseudo_reports.template_report`) only when no training row has text.
+* ``structured``: the findings head's probabilities (CheXzero prompts, Platt-scaled on the training rows
+  where a finding has enough known labels, else the raw softmax; a probe where one was trained) turned
+  into the organ-system draft of :func:`cxrfm.inference.report.structured_report`.
+* ``evidence`` (the headline, fixed in code before scoring): the same probabilities drafted with each
+  finding's evidence trail (:mod:`cxrfm.tasks.report_evidence`); a finding drafted present without support
+  is written as possible. ``evidence_vs_retrieval``: the paired patient-bootstrap difference in micro-F1.
 
 Metrics follow the report-generation literature (Miura et al., NAACL 2021; RadEval, Xu et al. 2025):
 
@@ -21,8 +18,9 @@ Metrics follow the report-generation literature (Miura et al., NAACL 2021; RadEv
   not mentioned (blank) as negative; micro and macro F1 over the 14 CheXpert findings and over the 5
   competition findings (:data:`~cxrfm.data.findings.CHEXPERT_5`). Macro F1 averages the findings with
   at least one reference positive (a finding nobody has has no recall to average).
-* BLEU-4 (Papineni et al. 2002, sacrebleu ``corpus_bleu``, lower-cased, as a fraction in [0, 1]) and
-  ROUGE-L (Lin 2004, ``rouge-score``, stemmed, mean F-measure) on report bodies (findings + impression).
+* BLEU-4 (Papineni et al. 2002, sacrebleu ``corpus_bleu``, lower-cased, as a fraction in [0, 1]),
+  ROUGE-L (Lin 2004, ``rouge-score``, stemmed, mean F-measure) on report bodies (findings + impression)
+  and the clinical-error score (:mod:`cxrfm.data.report_errors`, ``clinical_errors``).
 
 Reference text is scarce in open CXR data, so a row without report text but with source labels is
 scored against those labels (1 / 0 known, NaN left out) instead: ``reference`` in the result says how
@@ -41,14 +39,17 @@ import numpy as np
 from ..data.findings import CHEXPERT_14, CHEXPERT_5, FINDINGS
 from ..data.report_errors import score_reports, summarize_scores
 from ..data.reports import report_body
+from .report_evidence import _train_embeddings, training_corpus  # noqa: F401 - re-exported
 from .report_text import bleu4, radeval_scores, radeval_status, rouge_l  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from .suite import EvalContext
 
-METHODS: tuple[str, ...] = ("retrieval", "structured")
-# Fixed before scoring: picking the better method on the evaluation rows would be optimistic.
-HEADLINE_METHOD = "structured"
+METHODS: tuple[str, ...] = ("retrieval", "structured", "evidence")
+# Fixed before scoring: picking the better method on the evaluation rows would be optimistic. When the
+# headline cannot run (a model without Grad-CAM), the first of HEADLINE_FALLBACK that ran is the headline.
+HEADLINE_METHOD = "evidence"
+HEADLINE_FALLBACK: tuple[str, ...] = ("structured", "retrieval")
 N_EXAMPLES = 3
 
 _IDX14 = [FINDINGS.index(f) for f in CHEXPERT_14]  # CHEXPERT_14 columns of a FINDINGS-ordered label matrix
@@ -178,10 +179,14 @@ def _unique_label(texts: Sequence[str]) -> np.ndarray:
 
 # ---------------------------------------------------------------- the suite task
 def _score_method(generated: list[str], ref_labels: np.ndarray, ref_known: np.ndarray, ref_texts: list[str | None],
-                  pids: np.ndarray, rng: np.random.Generator, n_boot: int) -> dict:
+                  pids: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[dict, np.ndarray]:
+    """(the method's scores, its labeler output (N, 14) on the drafts)."""
     scored = [text_for_scoring(g) for g in generated]
     gen_labels = _unique_label(scored)
     out: dict = {"label_f1": report_label_f1(gen_labels, ref_labels, ref_known, pids, rng, n_boot)}
+    # a finding stated (present or possible) on every row earns its recall without looking at the image
+    pos = binarize_labels(gen_labels)
+    out["stated_on_every_row"] = [f for j, f in enumerate(CHEXPERT_14) if len(pos) > 1 and pos[:, j].all()]
     pairs = [(h, r) for h, r in zip(scored, ref_texts) if r]
     if pairs:
         hyps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -191,7 +196,7 @@ def _score_method(generated: list[str], ref_labels: np.ndarray, ref_known: np.nd
         out.update({"bleu4": None, "rouge_l": None, "n_text_pairs": 0, "clinical_errors": None,
                     "text_metrics_skipped": "no evaluation row has reference report text (BLEU/ROUGE compare texts; "
                                             "label F1 used the rows' source labels)"})
-    return out
+    return out, gen_labels
 
 
 def _references(manifest, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None], list[str]]:
@@ -215,56 +220,24 @@ def _references(manifest, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, lis
     return ref, known, ref_texts, kinds
 
 
-def _train_embeddings(context: "EvalContext", split, rows: np.ndarray) -> np.ndarray:
-    if not split.train_external:
-        return context.image_embeddings(split.train_rows[rows])
-    from .embed import embed_images, open_image_cache
-
-    images = open_image_cache(split.train, int(context.model.image_size), cache_dir=context.cache_dir,
-                              progress=context.progress)
-    return embed_images(context.model, images, split.train_rows[rows], batch_size=context.batch_size,
-                        progress=context.progress)
-
-
-def retrieval_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> tuple[list[str], dict]:
-    """The nearest training report of each eval image, and how the corpus was built."""
-    from ..data.pseudo_reports import template_report
-    from .embed import report_texts
-    from .retrieval import build_index
-    from .suite import TaskSkipped
-
-    train = split.train
-    texts = report_texts(train)
-    bodies = [report_body(texts[i]) if texts[i] else "" for i in split.train_rows]
-    cand = np.asarray([k for k, b in enumerate(bodies) if b.strip()], dtype=np.int64)
-    if len(cand):
-        corpus = [bodies[k] for k in cand]
-        how = f"report text of {len(cand)} training rows"
-    else:
-        labels = train.labels()[split.train_rows]
-        cand = np.flatnonzero(~np.isnan(labels).all(axis=1))
-        if not len(cand):
-            raise TaskSkipped("no training row has report text or labels to retrieve")
-        rng = context.rng("report/pseudo")
-        corpus = [template_report(labels[k], rng) for k in cand]
-        how = f"template pseudo-reports of {len(cand)} labelled training rows (no training row has report text)"
-    ids = [train.ids[i] for i in split.train_rows[cand]]
-    index = build_index(_train_embeddings(context, split, cand), ids, corpus)
+def retrieval_reports(context: "EvalContext", split, eval_emb: np.ndarray, corpus=None) -> tuple[list[str], dict]:
+    """The nearest training report of each eval image, and how the corpus was built (``corpus``: the
+    result of :func:`training_corpus`, built here when None)."""
+    index, texts, how = corpus if corpus is not None else training_corpus(context, split)
     sims, nn = index.search(eval_emb, k=1)  # (M, 1) each
-    generated = [corpus[int(j)] for j in nn[:, 0]]
-    info = {"corpus": how, "n_candidates": int(len(cand)), "mean_similarity": float(np.mean(sims[:, 0])),
+    generated = [texts[int(j)] for j in nn[:, 0]]
+    info = {**how, "mean_similarity": float(np.mean(sims[:, 0])),
             "index": "faiss.IndexFlatIP on L2-normalised image embeddings (exact cosine)"}
     return generated, info
 
 
-def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> tuple[list[str], dict]:
-    """A structured draft per eval image from the findings head: the same head and the same draft
-    function that ``serve`` answers with (:mod:`cxrfm.inference.heads`, :mod:`cxrfm.inference.report`).
+def fit_head(context: "EvalContext", split) -> tuple[object, dict]:
+    """The findings head ``serve`` answers with (:mod:`cxrfm.inference.heads`), fitted on the training part.
 
     The head's zero-shot scores are Platt-calibrated on the training part's known labels; with a run
     folder, the fitted head is saved there so that ``serve`` answers with exactly what was evaluated."""
     from ..inference.heads import MIN_CALIBRATION_LABELS, FindingsHead, load_findings_head
-    from ..inference.report import DEFAULT_THRESHOLDS, structured_report
+    from ..inference.report import DEFAULT_THRESHOLDS
     from .suite import TaskSkipped
 
     findings = [f for f in FINDINGS if f in context.prompts]
@@ -283,27 +256,62 @@ def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray) -> t
         head.fit_calibration(_train_embeddings(context, split, labelled), train_labels[labelled])
     head.fitted_on = {"data_hash": train_hash, "n_rows": int(len(labelled)),
                       "split": split.describe()}
-    probs = head.predict(eval_emb)  # (M, F)
-    generated = [structured_report(dict(zip(findings, row))) for row in probs]
     info = {"findings": findings, "thresholds": dict(DEFAULT_THRESHOLDS), "head": head.describe(),
             "calibrated": sorted(head.calibration), "uncalibrated": [f for f in findings if f not in head.calibration],
             "calibration": f"Platt scaling on the training rows' known labels (>= {MIN_CALIBRATION_LABELS} "
                            f"positives and negatives per finding); others keep the raw prompt softmax"}
     if context.run_dir is not None:
         info["head_file"] = str(head.save(context.run_dir))
-    return generated, info
+    return head, info
 
 
-def _shorten(text: str | None, n: int = 700) -> str | None:
-    """At most ``n`` characters, line breaks kept (the structured draft is read line by line)."""
-    if text is None:
-        return None
-    text = "\n".join(" ".join(line.split()) for line in str(text).splitlines() if line.strip())
-    return text if len(text) <= n else text[:n - 1] + "\u2026"
+def structured_reports(context: "EvalContext", split, eval_emb: np.ndarray, fitted=None) -> tuple[list[str], dict]:
+    """A structured draft per eval image from the findings head (``fitted``: :func:`fit_head`'s result),
+    with the draft function ``serve`` uses (:func:`cxrfm.inference.report.structured_report`)."""
+    from ..inference.report import structured_report
+
+    head, info = fitted if fitted is not None else fit_head(context, split)
+    probs = head.predict(eval_emb)  # (M, F)
+    return [structured_report(dict(zip(head.findings, row))) for row in probs], info
+
+
+def generate_drafts(context: "EvalContext", split, manifest, rows: np.ndarray, eval_emb: np.ndarray,
+                    out: dict) -> tuple[dict[str, list[str]], list[list[dict]] | None]:
+    """Each method's drafts of the report task (method -> texts; a method that cannot run is recorded as
+    skipped in ``out``), and the evidence trails per row (None when the evidence method did not run)."""
+    from .report_evidence import evidence_reports
+    from .suite import TaskSkipped
+
+    generated: dict[str, list[str]] = {}
+    trails = None
+    corpus = fitted = None
+    try:
+        corpus = training_corpus(context, split)
+        generated["retrieval"], out["retrieval"] = retrieval_reports(context, split, eval_emb, corpus)
+    except TaskSkipped as e:
+        out["retrieval"] = {"skipped": str(e)}
+    try:
+        fitted = fit_head(context, split)
+        generated["structured"], out["structured"] = structured_reports(context, split, eval_emb, fitted)
+    except TaskSkipped as e:
+        out["structured"] = {"skipped": str(e)}
+    if fitted is None:
+        out["evidence"] = {"skipped": f"no findings head: {out['structured']['skipped']}"}
+        return generated, trails
+    try:
+        head = fitted[0]
+        texts, trails, info = evidence_reports(context, manifest, rows, eval_emb, head, head.predict(eval_emb),
+                                               index=corpus[0] if corpus is not None else None)
+        generated["evidence"], out["evidence"] = texts, {**info, "head": fitted[1]["head"]}
+    except TaskSkipped as e:
+        out["evidence"] = {"skipped": str(e)}
+        trails = None
+    return generated, trails
 
 
 def run(context: "EvalContext") -> dict:
     """The ``report`` task of the evaluation suite (see :mod:`cxrfm.tasks.suite`)."""
+    from .report_evidence import evidence_vs_retrieval, make_examples
     from .split import resolve_split
     from .suite import TaskSkipped
 
@@ -329,35 +337,38 @@ def run(context: "EvalContext") -> dict:
                          "source's known labels (unknown findings left out)"}
     out: dict = {"split": split.describe(), "n": int(len(rows)), "n_patients": int(len(set(pids))),
                  "reference": reference, "n_boot": context.n_boot}
-    generated: dict[str, list[str]] = {}
-    for name, make in (("retrieval", retrieval_reports), ("structured", structured_reports)):
-        try:
-            generated[name], info = make(context, split, eval_emb)
-        except TaskSkipped as e:
-            out[name] = {"skipped": str(e)}
-            continue
-        out[name] = {**_score_method(generated[name], ref_labels, ref_known, ref_texts, pids, rng, context.n_boot),
-                     **info}
+    generated, trails = generate_drafts(context, split, manifest, rows, eval_emb, out)
     if not generated:
-        raise TaskSkipped("neither generator could run: " + "; ".join(f"{m}: {out[m]['skipped']}" for m in METHODS))
-    head = HEADLINE_METHOD if HEADLINE_METHOD in generated else next(iter(generated))
+        raise TaskSkipped("no generator could run: " + "; ".join(f"{m}: {out[m]['skipped']}" for m in METHODS))
+    labels: dict[str, np.ndarray] = {}
+    for name in METHODS:  # scored in a fixed order, so each method's bootstrap draws do not depend on the others'
+        if name in generated:
+            scores, labels[name] = _score_method(generated[name], ref_labels, ref_known, ref_texts, pids, rng,
+                                                 context.n_boot)
+            out[name] = {**scores, **out[name]}
+    head = next(m for m in (HEADLINE_METHOD, *HEADLINE_FALLBACK) if m in generated)
     out["headline_method"] = head
     out["headline_rule"] = (f"{HEADLINE_METHOD} is the headline, fixed before scoring (choosing the better method on "
                             f"the evaluation rows would be optimistic)" if head == HEADLINE_METHOD else
-                            f"{head}: the only generator that ran")
+                            f"{head}: the fallback fixed in code, because {HEADLINE_METHOD} did not run "
+                            f"({out[HEADLINE_METHOD].get('skipped')})")
     for key in ("label_f1", "bleu4", "rouge_l", "clinical_errors"):
         out[key] = out[head][key]
     if "text_metrics_skipped" in out[head]:
         out["text_metrics_skipped"] = out[head]["text_metrics_skipped"]
+    if "evidence" in labels and "retrieval" in labels:
+        out["evidence_vs_retrieval"] = evidence_vs_retrieval(
+            {m: binarize_labels(labels[m]) for m in ("evidence", "retrieval")}, binarize_labels(ref_labels),
+            ref_known, pids, context.rng("report/paired"), context.n_boot, _IDX5)
+    else:
+        out["evidence_vs_retrieval"] = {"skipped": "needs both the evidence and the retrieval drafts"}
     pairs = [(g, r) for g, r in zip(generated.get(head, []), ref_texts) if r]
     if pairs:
         out["radeval"] = radeval_scores([text_for_scoring(g) for g, _ in pairs], [r for _, r in pairs])
     else:
         status = radeval_status()
         out["radeval"] = status if "skipped" in status else {"skipped": "no evaluation row has reference report text"}
-    show = [k for k, r in enumerate(ref_texts) if r][:N_EXAMPLES] or list(range(min(N_EXAMPLES, len(rows))))
-    out["examples"] = [{"id": manifest.ids[rows[k]], "reference_kind": kinds[k], "reference": _shorten(ref_texts[k]),
-                        **{m: _shorten(generated[m][k]) for m in generated}} for k in show]
+    out["examples"] = make_examples(manifest, rows, kinds, ref_texts, generated, trails, N_EXAMPLES)
     return out
 
 
@@ -366,6 +377,7 @@ from .registry import Task, register_task  # noqa: E402 - registration goes last
 
 register_task(Task(
     name="report", run=run, title="Report generation", needs=(),
-    result_keys=("n", "reference", "headline_method", "label_f1"),
+    result_keys=("n", "reference", "headline_method", "label_f1", "evidence_vs_retrieval"),
     console="cxrfm.reporting.sections.report:console", html="cxrfm.reporting.sections.report:html",
-    default=False, order=50, summary="draft reports scored by label F1 (and BLEU/ROUGE where report text exists)"))
+    default=False, order=50, summary="draft reports (nearest training report, structured, structured with an evidence trail) "
+            "scored by label F1, and BLEU/ROUGE and clinical errors where report text exists"))
