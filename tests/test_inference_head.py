@@ -83,7 +83,7 @@ def test_served_probabilities_and_draft_are_the_evaluated_heads(evaluated, share
     assert served == pytest.approx(expected, abs=1e-9)
     calibrated = [f for f in head.findings if f in head.calibration]
     assert any(abs(served[f] - raw[f]) > 1e-3 for f in calibrated)  # calibration changed what is served
-    assert out["report"] == structured_report(served)
+    assert out["report"] == structured_report(served, evidence=out["evidence"])
     assert out["head"]["kind"] == "zero-shot+platt"
     assert {f["head"] for f in out["findings"]} <= {"zero-shot+platt", "zero-shot"}
 

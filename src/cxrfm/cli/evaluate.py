@@ -17,7 +17,7 @@ def _add_eval(sub):
                     "as skipped with the reason.")
     p.add_argument("--model", required=True, type=Path, help="run folder written by `cxrfm pretrain`")
     p.add_argument("--data", required=True, type=Path, help="manifest (.csv/.parquet) to evaluate on")
-    known = "; ".join(f"{t.name}: {t.summary}" if t.summary else t.name for t in list_tasks())
+    known = "; ".join(f"{t.name}: {t.summary}" if t.summary else t.name for t in list_tasks()).replace("%", "%%")
     p.add_argument("--tasks", default=",".join(default_tasks()),
                    help=f"comma-separated tasks, or 'all' (default {','.join(default_tasks())}; known: {known})")
     p.add_argument("--out", required=True, type=Path, help="output folder for results.json")
