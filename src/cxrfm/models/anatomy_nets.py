@@ -21,9 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.GELU(),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.GELU())
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Two 3x3 convolutions with BatchNorm and ReLU (the first may stride)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 def coord_channels(x: torch.Tensor) -> torch.Tensor:
@@ -35,14 +37,14 @@ def coord_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    """Conv stages at strides 1, 2, 4, 8, ... ; returns every stage's map, shallow -> deep."""
+    """Conv stages at strides s, 2s, 4s, ... (s = ``stem_stride``); returns every stage's map, shallow -> deep."""
 
-    def __init__(self, cin: int, widths: Sequence[int]):
+    def __init__(self, cin: int, widths: Sequence[int], stem_stride: int = 1):
         super().__init__()
         self.stages = nn.ModuleList()
         prev = cin
-        for w in widths:
-            self.stages.append(_block(prev, w))
+        for i, w in enumerate(widths):
+            self.stages.append(_block(prev, w, stride=stem_stride if i == 0 else 1))
             prev = w
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -81,6 +83,7 @@ class UNetConfig:
     structures: tuple[str, ...] = ("left_lung", "right_lung", "heart")
     widths: tuple[int, ...] = (16, 32, 64, 128, 192)
     size: int = 192  # the network's input side (images are letterboxed to it)
+    stem_stride: int = 1  # 2: the first stage works at half resolution, logits are upsampled back
 
 
 class UNet(nn.Module):
@@ -89,20 +92,24 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(3, config.widths)
+        self.encoder = Encoder(3, config.widths, config.stem_stride)
         self.decoder = Decoder(config.widths, [0] * len(config.widths), len(config.structures))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) in [0, 1] -> logits (B, n_structures, S, S)."""
         maps = self.encoder(coord_channels(x * 2 - 1))
-        return self.decoder(maps, [None] * len(maps))
+        out = self.decoder(maps, [None] * len(maps))
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
 
 @dataclass(frozen=True)
 class InContextConfig:
     widths: tuple[int, ...] = (16, 32, 64, 96)
     size: int = 128
-    attend_levels: tuple[int, ...] = (2, 3)  # encoder levels (strides 4 and 8) where the query attends
+    stem_stride: int = 2  # the first stage works at half resolution; logits are upsampled back
+    attend_levels: tuple[int, ...] = (1, 2)  # encoder levels (strides 4 and 8 with stem 2) where the query attends
     temperature: float = 0.1
 
 
@@ -125,7 +132,7 @@ class InContextSegmenter(nn.Module):
     def __init__(self, config: InContextConfig = InContextConfig()):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(3, config.widths)
+        self.encoder = Encoder(3, config.widths, config.stem_stride)
         self.decoder = Decoder(config.widths, [self.N_EXTRA] * len(config.widths), 1)
         self.key = nn.ModuleList([nn.Conv2d(w, w, 1) for w in config.widths])
 
@@ -167,7 +174,13 @@ class InContextSegmenter(nn.Module):
             qb = [m[b:b + 1] for m in maps]
             extras = [self._fuse(qb[lvl], lvl, cache) for lvl in range(len(qb))]
             out.append(self.decoder(qb, extras))
-        return torch.cat(out)
+        return self._full(torch.cat(out), query)
+
+    @staticmethod
+    def _full(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] == like.shape[-2:]:
+            return logits
+        return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, query: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
         """Episodes: ``query`` (B, 1, S, S), supports (B, K, 1, S, S) -> logits (B, 1, S, S)."""
@@ -184,4 +197,4 @@ class InContextSegmenter(nn.Module):
             cache = SupportCache(feats, ms)
             qb = [m[i:i + 1] for m in maps_q]
             out.append(self.decoder(qb, [self._fuse(qb[lvl], lvl, cache) for lvl in range(len(qb))]))
-        return torch.cat(out)
+        return self._full(torch.cat(out), query)

@@ -24,6 +24,7 @@ from ..models.anatomy_nets import UNet, UNetConfig
 @dataclass(frozen=True)
 class SupervisedSettings:
     size: int = 192
+    stem_stride: int = 1
     steps: int = 1500  # optimisation steps (batches), whatever the number of images
     batch_size: int = 8
     lr: float = 3e-3
@@ -99,7 +100,7 @@ def fit_supervised(images: Sequence[torch.Tensor], masks: dict[str, Sequence], s
         raise CxrfmError(f"none of the {len(images)} training images has a mask for {', '.join(structures)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        net = UNet(UNetConfig(structures=structures, size=settings.size))
+        net = UNet(UNetConfig(structures=structures, size=settings.size, stem_stride=settings.stem_stride))
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps,
