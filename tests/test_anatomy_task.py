@@ -233,3 +233,16 @@ def test_benchmark_runs_quick():
                           text=True, timeout=240, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cached / uncached" in proc.stdout and "U-Net / decoder" in proc.stdout
+
+
+def test_the_fitted_unet_is_kept_as_an_anatomy_folder(result):
+    """The scored U-Net is saved (OUT/anatomy_model) and segments like the scored one."""
+    from cxrfm.models.anatomy_store import load_unet, read_meta
+
+    r, out = result
+    folder = Path(r["supervised"]["model_dir"])
+    assert folder.parent == Path(out)
+    net = load_unet(folder)
+    assert set(net.config.structures) == set(r["structures"])
+    rec = read_meta(folder)["training"]["unet"]
+    assert rec["part"] == "train" and rec["n_images"] > 0

@@ -94,11 +94,11 @@ def load_served_anatomy(run_dir: str | Path | None) -> ServedAnatomy:
     """``RUN/anatomy`` if it holds an anatomy folder, else the default one; absent with a note if none loads."""
     import os
 
-    from ..models.anatomy_store import SHIPPED, default_anatomy_dir
+    from ..models.anatomy_store import META, SHIPPED, default_anatomy_dir
     from .anatomy import Anatomy
 
     own = Path(run_dir) / "anatomy" if run_dir is not None else None
-    if own is not None and (own / "anatomy.json").is_file():
+    if own is not None and (own / META).is_file():
         folder, origin = own, "run"
     else:
         folder = default_anatomy_dir()
@@ -109,7 +109,7 @@ def load_served_anatomy(run_dir: str | Path | None) -> ServedAnatomy:
         where = {"run": "the run's anatomy folder", "CXRFM_ANATOMY": "the folder $CXRFM_ANATOMY names",
                  "shipped": "the shipped anatomy folder"}[origin]
         hint = (" (no trained anatomy model ships with this version yet: set CXRFM_ANATOMY to a folder made by "
-                "`cxrfm anatomy train`)" if origin == "shipped" and not (SHIPPED / "anatomy.json").is_file() else "")
+                "`cxrfm anatomy train`)" if origin == "shipped" and not (SHIPPED / META).is_file() else "")
         return ServedAnatomy(None, folder.name, origin, f"{where} could not be loaded{hint}: {e}")
 
 

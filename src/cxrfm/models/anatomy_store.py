@@ -10,7 +10,7 @@ DIR/incontext.safetensors the in-context segmenter
 which mask columns were read (the in-context model's pretext masks never include a heart mask).
 
 Where a folder is not named, :func:`default_anatomy_dir` is used: ``$CXRFM_ANATOMY`` if set, else the
-folder shipped inside the package (trained by ``benchmarks/anatomy_train_shipped.sh`` on MIT / CC BY /
+folder shipped inside the package (made by ``benchmarks/anatomy_shipped.py`` from MIT / CC BY /
 public-domain images only; see docs/anatomy.md).
 """
 from __future__ import annotations

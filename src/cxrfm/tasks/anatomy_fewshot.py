@@ -149,12 +149,12 @@ def fewshot_atlas(data: AnatomyData, supports, ks, size: int, progress: bool = F
 
 
 def predict_positions(net, data: AnatomyData, positions: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
-    """Supervised predictions for ``positions``: {position: {structure: bool (H, W)}} (threshold 0.5)."""
-    from ..train.anatomy import predict_probs
+    """Supervised predictions for ``positions``: {position: {structure: bool (H, W)}} (threshold 0.5),
+    through :class:`cxrfm.inference.anatomy.Anatomy`, the code that serves the outlines."""
+    from ..inference.anatomy import Anatomy
 
-    names = list(net.config.structures)
-    probs = predict_probs(net, [data.images[p] for p in positions])
-    return {int(p): {s: (pr[j] > 0.5).numpy() for j, s in enumerate(names)} for p, pr in zip(positions, probs)}
+    served = Anatomy(model=net)
+    return {int(p): served.structures(data.images[p]) for p in positions}
 
 
 def fit_on(data: AnatomyData, positions_by_structure: dict[str, Sequence[int]], settings, seed: int,

@@ -8,10 +8,9 @@ mask exists (a row may have lungs and no heart). See :mod:`cxrfm.models.anatomy_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -116,25 +115,3 @@ def fit_supervised(images: Sequence[torch.Tensor], masks: dict[str, Sequence], s
         opt.step()
         sched.step()
     return net.eval()
-
-
-@torch.inference_mode()
-def predict_probs(net: UNet, images: Sequence[torch.Tensor], batch_size: int = 16) -> list[torch.Tensor]:
-    """Per image (1, H, W): (C, H, W) sigmoid probabilities at the image's own size."""
-    from ..data.anatomy import from_input
-
-    size = net.config.size
-    out = []
-    for s in range(0, len(images), batch_size):
-        chunk = images[s:s + batch_size]
-        probs = torch.sigmoid(net(torch.stack([to_input(im, size) for im in chunk])))
-        out += [from_input(p, *im.shape[-2:]) for p, im in zip(probs, chunk)]
-    return out
-
-
-def with_steps(settings: SupervisedSettings, steps: int) -> SupervisedSettings:
-    return replace(settings, steps=int(steps))
-
-
-def rng_rows(n: int, k: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).choice(n, size=min(k, n), replace=False)
