@@ -1,7 +1,7 @@
 """The ``cxrfm`` command line. Each subcommand is a thin layer over the public API.
 
-Layout: one module per command group (``data``, ``train``, ``evaluate``, ``serve``, ``concepts``, ``anatomy``), each
-with one ``_add_<name>`` (argparse) and one ``_run_<name>`` (calls the library) per subcommand.
+Layout: one module per command group (``data``, ``train``, ``evaluate``, ``serve``, ``concepts``, ``anatomy``,
+``compress``), each with one ``_add_<name>`` (argparse) and one ``_run_<name>`` (calls the library) per subcommand.
 User errors (:class:`cxrfm.errors.CxrfmError`) print one line and exit 2, never a traceback.
 """
 from __future__ import annotations
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cxrfm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import anatomy, concepts, data, evaluate, serve, train
+    from . import anatomy, compress, concepts, data, evaluate, serve, train
 
     for add in (*data.COMMANDS, *train.COMMANDS, *evaluate.COMMANDS, *serve.COMMANDS, concepts.add_concepts_command,
-                *anatomy.COMMANDS):
+                *anatomy.COMMANDS, *compress.COMMANDS):
         add(sub)
     return parser
 

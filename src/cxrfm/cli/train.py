@@ -82,6 +82,11 @@ def _add_pretrain(sub):
     p.add_argument("--curator-option", dest="curator_options", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the curator, e.g. --curator-option num_prototypes=16 (repeatable)")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded-image cache folder (default $CXRFM_CACHE)")
+    p.add_argument("--latents", type=Path, default=None, metavar="AE",
+                   help="train on the latents of this autoencoder (from `cxrfm compress train`) instead of pixels: "
+                        "the image tower becomes `latent` (the frozen AE encoder + a ConvNeXt on its latents) and "
+                        "batches come from the latent cache in --cache-dir (written first when missing, as `cxrfm "
+                        "compress encode` does); `cxrfm eval --model OUT` then works as for a pixel run (docs/latents.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_run_pretrain)
 
@@ -90,14 +95,24 @@ def _run_pretrain(args) -> int:
     from ..run import RunDir
     from ..train.loop import pretrain
 
+    if args.latents is not None:
+        from functools import partial
+
+        from ..errors import ConfigError
+        from ..train.compress import pretrain_on_latents
+
+        if args.workers is not None or args.shuffle_buffer is not None:
+            raise ConfigError("--latents reads the latent cache of a manifest; --workers / --shuffle-buffer apply "
+                              "to shards only")
+        pretrain = partial(pretrain_on_latents, ae=args.latents)
     out = pretrain(args.data, args.out, config=args.config, curate=args.curate, budget=args.budget,
                    epochs=args.epochs, seed=args.seed, resume=args.resume, text_style=args.text_style,
                    overrides=_parse_key_values(args.overrides, "--set"),
                    curator_kwargs=_parse_key_values(args.curator_options, "--curator-option"),
                    progress=args.progress, cache_dir=args.cache_dir,
-                   stream={k: v for k, v in (("workers", args.workers), ("shuffle_buffer", args.shuffle_buffer))
-                           if v is not None},
-                   fsdp=args.fsdp)
+                   fsdp=args.fsdp, **({} if args.latents is not None else {"stream": {
+                       k: v for k, v in (("workers", args.workers), ("shuffle_buffer", args.shuffle_buffer))
+                       if v is not None}}))
     if int(os.environ.get("RANK", "0")) == 0:
         run = RunDir(out)
         info, status = run.read_curation() or {}, run.status()

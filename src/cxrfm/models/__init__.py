@@ -11,6 +11,7 @@ from .dual import DualEncoder, load_model
 from .factory import build_model
 from .image import build_image_tower, build_scratch_image_tower, resize_to  # registers the HF towers
 # new tower modules: `from . import <module>  # noqa: F401` here
+from . import latent_tower  # noqa: F401  (registers "latent")
 from .tower import FeatureMaps, ImageTowerBase, list_image_towers, register_image_tower
 
 __all__ = ["DualEncoder", "FeatureMaps", "ImageTowerBase", "build_image_tower", "build_model",
