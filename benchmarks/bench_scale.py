@@ -7,8 +7,10 @@ Three measurements, each single-threaded (per core) unless stated:
   ``content_hash`` and ``training_texts`` (what every ``cxrfm pretrain`` start pays), with peak RSS.
 * ``curation``: the ``prototype`` curator (CheXficient's per-batch selection) built for ``--rows``
   rows: its warm-up k-means on 10 % of them (one-off per run) and ``select`` on a gathered global batch
-  of ``--batch`` pairs of 512-d embeddings (assignment, bands, farthest-point sampling, Sinkhorn EMA),
-  the per-step cost. Embeddings are seeded random unit vectors (the cost does not depend on values).
+  of ``--batch`` pairs of 512-d embeddings given as torch tensors on ``--device`` (assignment, bands,
+  farthest-point sampling, Sinkhorn EMA), the per-step cost, with the farthest-point sampling's share
+  and its dependent steps (picks one band at a time on the CPU; lockstep steps on a GPU). Embeddings
+  are seeded random unit vectors (the cost does not depend on values).
 * ``decode``: ``--images`` real radiographs written to shards at 256 px, then the streaming path per
   image: PNG decode + resize to 224 (``decode_sample``), the same from shards written at 224 (decode
   only), the whole stream (tar read, shuffle buffer, decode + resize) in one process, and the source
@@ -77,10 +79,12 @@ def bench_manifest(n: int, seed: int, folder: Path) -> dict:
             "peak_rss_mb_before_load": rss0, "peak_rss_mb_after": peak_rss_mb()}
 
 
-def bench_curation(n: int, batch: int, seed: int, repeats: int = 20) -> dict:
+def bench_curation(n: int, batch: int, seed: int, repeats: int = 20, device: str = "cpu") -> dict:
     from cxrfm.train.curation import CurationContext, build_curator
+    from cxrfm.train.curation import prototype
 
     dim = 512
+    dev = torch.device(device)
     rng = np.random.default_rng(seed)
     embed_s = 0.0
 
@@ -95,22 +99,53 @@ def bench_curation(n: int, batch: int, seed: int, repeats: int = 20) -> dict:
         embed_s += time.perf_counter() - t
         return a, b
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     cur = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
     t, c = time.perf_counter(), time.process_time()
     cur.begin_epoch(0, embed)
     warm = time.perf_counter() - t - embed_s
     warm_cpu = time.process_time() - c - embed_s  # (embed's wall time, about its CPU time single-threaded)
-    times, cpu = [], []
-    for _ in range(repeats):
-        idx = rng.choice(n, size=batch, replace=False)
-        img, txt = embed(idx)
-        t, c = time.perf_counter(), time.process_time()
-        cur.select(0, idx, img, txt)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return {"rows": n, "batch": batch, "dim": dim, "warmup_rows": int(cur.embedded_rows),
+
+    # the farthest-point share of select, and its dependent steps: sum(m) one band at a time (the CPU
+    # path), max(m) with every band in lockstep (the GPU path)
+    fps = {"wall": 0.0, "cpu": 0.0, "picks": [], "lockstep_steps": []}
+    real_groups = prototype.farthest_point_groups
+
+    def timed_groups(x, groups, lockstep=None):
+        w, c = time.perf_counter(), time.process_time()
+        out = real_groups(x, groups, lockstep)
+        sync()
+        fps["wall"] += time.perf_counter() - w
+        fps["cpu"] += time.process_time() - c
+        fps["picks"].append(sum(m for _, m, _ in groups))
+        fps["lockstep_steps"].append(max((m for _, m, _ in groups), default=0))
+        return out
+
+    prototype.farthest_point_groups = timed_groups
+    times, cpu, fps_wall, fps_cpu = [], [], [], []
+    try:
+        for _ in range(repeats):
+            idx = rng.choice(n, size=batch, replace=False)
+            img, txt = (torch.from_numpy(x).to(dev) for x in embed(idx))  # as the scoring pass leaves them
+            sync()
+            fps["wall"] = fps["cpu"] = 0.0
+            t, c = time.perf_counter(), time.process_time()
+            cur.select(0, idx, img, txt)  # returns the (B,) mask on the host: synchronises
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+            fps_wall.append(fps["wall"])
+            fps_cpu.append(fps["cpu"])
+    finally:
+        prototype.farthest_point_groups = real_groups
+    return {"rows": n, "batch": batch, "dim": dim, "device": str(dev), "warmup_rows": int(cur.embedded_rows),
             "warmup_kmeans_s": warm, "warmup_kmeans_cpu_s": warm_cpu, "select_ms_median": 1000 * float(np.median(times)),
-            "select_ms_p90": 1000 * float(np.quantile(times, 0.9)), "select_cpu_ms_median": 1000 * float(np.median(cpu))}
+            "select_ms_p90": 1000 * float(np.quantile(times, 0.9)), "select_cpu_ms_median": 1000 * float(np.median(cpu)),
+            "fps_ms_median": 1000 * float(np.median(fps_wall)), "fps_cpu_ms_median": 1000 * float(np.median(fps_cpu)),
+            "fps_picks_median": float(np.median(fps["picks"])),
+            "fps_lockstep_steps_median": float(np.median(fps["lockstep_steps"]))}
 
 
 def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
@@ -190,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=256, help="real images for the decode measurement")
     ap.add_argument("--parts", default="manifest,curation,decode", help="any of manifest,curation,decode,memory")
     ap.add_argument("--config", default="base-gpu", help="preset for the memory part (default base-gpu)")
+    ap.add_argument("--device", default="cpu",
+                    help="where the curation part's embeddings live and select runs (cpu, or cuda on a GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args(argv)
@@ -202,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             if part == "manifest":
                 result[part] = bench_manifest(args.rows, args.seed, tmp)
             elif part == "curation":
-                result[part] = bench_curation(args.rows, args.batch, args.seed)
+                result[part] = bench_curation(args.rows, args.batch, args.seed, device=args.device)
             elif part == "decode":
                 result[part] = bench_decode(args.images, args.seed, tmp)
             elif part == "memory":

@@ -1,7 +1,8 @@
 """Online data curation during pretraining, behind one interface (``--curate``).
 
 One curator a module, registered by name (:mod:`.registry`); the interface and its context in
-:mod:`.base`; the geometry they share in :mod:`.geometry`.
+:mod:`.base`; the geometry they share in :mod:`.geometry`; the per-step selection on torch tensors (on
+the embeddings' device) in :mod:`.torch_ops`.
 
 * ``none`` -- every pair, every epoch (the full-data control; :class:`Curator` itself).
 * ``random`` -- a uniformly random, seeded subset of ``round(budget * n)`` pairs (:mod:`.random_subset`).

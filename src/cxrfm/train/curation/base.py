@@ -8,7 +8,8 @@ The training loop (:mod:`cxrfm.train.loop`) drives a :class:`Curator` like this,
     rows = curator.epoch_rows(epoch)           # np.ndarray of row indices to iterate (loop shuffles)
     for batch in rows:
         if curator.selects(epoch):             # only then does the loop pay a scoring pass
-            keep = curator.select(epoch, idx, img, txt)   # bool (B,): which samples get a loss
+            keep = curator.select(epoch, idx, img, txt)   # bool (B,) numpy: which samples get a loss;
+                                               # img/txt (B, D) numpy or torch tensors on any device
     curator.end_epoch(epoch)
 
 ``select`` may return an all-False mask (nothing of that batch is worth a step): the loop then skips
@@ -115,7 +116,9 @@ class Curator:
         return False
 
     def select(self, epoch: int, idx: np.ndarray, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
-        """Which samples of a batch get a loss (bool (B,)). ``img``/``txt`` are detached, normalised."""
+        """Which samples of a batch get a loss (bool (B,) numpy). ``img``/``txt`` are detached, normalised,
+        numpy or torch tensors (a curator that computes on them should do so on their device, as
+        ``prototype`` does, rather than copy them to the host)."""
         return np.ones(len(idx), dtype=bool)
 
     def end_epoch(self, epoch: int) -> None:

@@ -7,11 +7,14 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ...errors import ConfigError
 from .base import Curator, CurationContext, EmbedFn, embed_rows
-from .geometry import allocate_power, farthest_point_sampling, kmeans_centroids, normalise, sinkhorn_knopp
+from .geometry import allocate_power, kmeans_centroids, normalise
 from .registry import register_curator
+from .torch_ops import (as_tensor, cluster_moments, cluster_std, farthest_point_groups, joint_features,
+                        nearest_prototype, normalise_rows, sinkhorn_knopp_torch)
 
 
 @register_curator
@@ -28,7 +31,9 @@ class PrototypeCurator(Curator):
        share ``m = keep_ratio * (n_core + n_periphery)`` kept slots in proportion to size ** 0.5
        (``power_alpha``), chosen inside each band by farthest-point sampling. Only kept samples get a
        loss. Prototypes then move by an EMA (``ema_decay``) of the kept features weighted by
-       Sinkhorn-Knopp assignments.
+       Sinkhorn-Knopp assignments. This step runs in torch on the device of the batch's embeddings
+       (:mod:`.torch_ops`; numpy arrays are taken as CPU tensors without a copy), and the prototypes and
+       running moments live there between steps.
     3. After ``curation_epochs`` the union of kept rows is a fixed subset: ``epoch_rows`` returns only
        it and ``select`` keeps everything.
 
@@ -84,10 +89,12 @@ class PrototypeCurator(Curator):
         self.sinkhorn_epsilon = float(sinkhorn_epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.assignment = assignment
-        self.prototypes: np.ndarray | None = None  # (K, 2D) L2-normalised
-        self.dist_mean = np.zeros(0)
-        self.dist_sq = np.zeros(0)
+        # per-step state lives on the device of the batch's embeddings (moved there at the first select)
+        self._protos: torch.Tensor | None = None  # (K, 2D) L2-normalised float32
+        self._dist_mean = torch.zeros(0, dtype=torch.float64)  # (K,) EMA of each cluster's distance
+        self._dist_sq = torch.zeros(0, dtype=torch.float64)  # (K,) EMA of its square
         self.kept = np.zeros(self.n, dtype=bool)  # union of rows kept during the curation epochs
+        self._n_kept = 0  # kept.sum(), counted as rows are added (not an O(n) sum per step)
         self.seen = 0  # sample visits during curation epochs
         self.embedded_rows = 0
         self.ratio_sum = 0.0
@@ -97,30 +104,42 @@ class PrototypeCurator(Curator):
         self.counts = np.zeros((0, 5), dtype=np.int64)  # per cluster: seen, core, periphery, tail, outlier
         self.kept_per_cluster = np.zeros(0, dtype=np.int64)
 
+    @property
+    def prototypes(self) -> np.ndarray | None:
+        """(K, 2D) float32 prototypes on the host (a copy), or None before the warm-up."""
+        return None if self._protos is None else self._protos.cpu().numpy().copy()
+
+    @property
+    def dist_mean(self) -> np.ndarray:
+        return self._dist_mean.cpu().numpy().copy()
+
+    @property
+    def dist_sq(self) -> np.ndarray:
+        return self._dist_sq.cpu().numpy().copy()
+
+    def _state_on(self, device: torch.device) -> None:
+        if self._protos.device != device:
+            self._protos = self._protos.to(device)
+            self._dist_mean, self._dist_sq = self._dist_mean.to(device), self._dist_sq.to(device)
+
     # -- warm-up ------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int, embed: EmbedFn) -> None:
-        if self.prototypes is not None or epoch >= self.curation_epochs:
+        if self._protos is not None or epoch >= self.curation_epochs:
             return
         n_warm = min(self.n, max(int(round(self.warmup_fraction * self.n)), 20 * self.num_prototypes))
         rows = np.sort(self.rng.choice(self.n, size=n_warm, replace=False))
         img, txt = embed_rows(embed, rows)
         self.embedded_rows += len(rows)
         feats = normalise(np.concatenate([img, txt], axis=1))
-        self.prototypes = kmeans_centroids(feats, self.num_prototypes, self.seed)
-        k = len(self.prototypes)
-        d, cid = self._assign(feats)
-        self.dist_mean = np.array([d[cid == c].mean() if (cid == c).sum() > 1 else d.mean() for c in range(k)])
-        self.dist_sq = np.array([(d[cid == c] ** 2).mean() if (cid == c).sum() > 1 else (d ** 2).mean()
-                                 for c in range(k)])
+        self._protos = torch.from_numpy(kmeans_centroids(feats, self.num_prototypes, self.seed))
+        k = len(self._protos)
+        d, cid = (t.numpy() for t in nearest_prototype(torch.from_numpy(feats), self._protos))
+        self._dist_mean = torch.tensor([d[cid == c].mean() if (cid == c).sum() > 1 else d.mean()
+                                        for c in range(k)], dtype=torch.float64)
+        self._dist_sq = torch.tensor([(d[cid == c] ** 2).mean() if (cid == c).sum() > 1 else (d ** 2).mean()
+                                      for c in range(k)], dtype=torch.float64)
         self.counts = np.zeros((k, 5), dtype=np.int64)
         self.kept_per_cluster = np.zeros(k, dtype=np.int64)
-
-    def _assign(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # |f - p| = sqrt(2 - 2 f.p) for unit vectors: one (B, D) x (D, K) product instead of a (B, K, D)
-        # difference tensor (~100x faster at a gathered batch of 2048; equal to float32 rounding)
-        d = np.sqrt(np.maximum(2.0 - 2.0 * feats @ self.prototypes.T, 0.0))  # (B, K)
-        cid = d.argmin(axis=1)
-        return d[np.arange(len(d)), cid], cid
 
     # -- per-batch selection ----------------------------------------------------------------------
     def epoch_rows(self, epoch: int) -> np.ndarray:
@@ -132,42 +151,47 @@ class PrototypeCurator(Curator):
         """Whether ``select`` looks at embeddings this epoch (the loop skips the scoring pass otherwise)."""
         return epoch < self.curation_epochs
 
-    def select(self, epoch: int, idx: np.ndarray, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx, dtype=np.int64)
+    def select(self, epoch: int, idx, img, txt) -> np.ndarray:
+        """Which samples of the gathered batch get a loss (bool (B,) numpy).
+
+        ``img`` / ``txt`` (B, D) may be numpy or torch tensors on any device: the geometry runs there
+        (:mod:`.torch_ops`), and only the (B,) cluster ids and bands, and the picks, come to the host.
+        """
+        idx = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+        idx = idx.astype(np.int64).reshape(-1)
         if epoch >= self.curation_epochs:
             return np.ones(len(idx), dtype=bool)
-        if self.prototypes is None:
+        if self._protos is None:
             raise ConfigError("prototype curator: select() before begin_epoch(0); the loop must call "
                               "begin_epoch(epoch, embed) first")
-        feats = normalise(np.concatenate([img, txt], axis=1))
-        d, cid = self._assign(feats)
+        img_t = as_tensor(img)
+        feats = joint_features(img_t, as_tensor(txt, img_t.device))  # (B, 2D) unit rows, on img's device
+        self._state_on(feats.device)
+        k = len(self._protos)
+        d, cid_t = nearest_prototype(feats, self._protos)
         lo, mid, hi = self.bands
-
+        count, mean, mean_sq = cluster_moments(d, cid_t, k)
         if self.cluster_stats == "running":
             # EMA of the first two moments (unbiased at any batch count; a per-batch variance of 1-3
-            # samples is not), then mean/sd from them.
-            for c in np.unique(cid):
-                dc = d[cid == c]
-                w = self.stats_momentum
-                self.dist_mean[c] = w * self.dist_mean[c] + (1 - w) * dc.mean()
-                self.dist_sq[c] = w * self.dist_sq[c] + (1 - w) * (dc ** 2).mean()
-            mu = self.dist_mean[cid]
-            sd = np.sqrt(np.maximum(self.dist_sq[cid] - mu ** 2, 0.0))
+            # samples is not), then mean/sd from them; clusters absent from the batch keep theirs.
+            w, present = self.stats_momentum, count > 0
+            self._dist_mean = torch.where(present, w * self._dist_mean + (1 - w) * mean, self._dist_mean)
+            self._dist_sq = torch.where(present, w * self._dist_sq + (1 - w) * mean_sq, self._dist_sq)
+            mu = self._dist_mean[cid_t]
+            sd = (self._dist_sq[cid_t] - mu * mu).clamp_min(0.0).sqrt()
         else:
-            mu = np.zeros(len(d))
-            sd = np.zeros(len(d))
-            for c in np.unique(cid):
-                m = cid == c
-                mu[m], sd[m] = d[m].mean(), d[m].std()
-        core = d <= mu + lo * sd
-        periphery = ~core & (d < mu + mid * sd)
-        tail = ~core & ~periphery & (d < mu + hi * sd)
-        outlier = ~core & ~periphery & ~tail
+            mu, sd = mean[cid_t], cluster_std(d, cid_t, mean, count)[cid_t]
+        dd = d.double()
+        band = torch.where(dd <= mu + lo * sd, 0,  # core <= mean + 1 sd < periphery < + 2 sd <= tail < + 3 sd
+                           torch.where(dd < mu + mid * sd, 1, torch.where(dd < mu + hi * sd, 2, 3)))
+        host = (cid_t.int() * 4 + band).cpu().numpy()  # the one small copy: (B,) cluster * 4 + band
+        cid, band = host // 4, host % 4  # band 0 core, 1 periphery, 2 tail, 3 outlier
+        core, periphery, tail = band == 0, band == 1, band == 2
 
         # Budget control: kept union should grow by `budget` per visited row of the curation epochs.
         new = ~self.kept[idx]
         target = self.budget * self.n * (self.seen + len(idx)) / (self.curation_epochs * self.n)
-        need = target - self.kept.sum()
+        need = target - self._n_kept
         core_new = int(((core | periphery) & new).sum())
         tail_new = int((tail & new).sum())
         ratio = float(np.clip((need - tail_new) / core_new, 0.0, 1.0)) if core_new else 0.0
@@ -176,43 +200,46 @@ class PrototypeCurator(Curator):
         self.ratio_min, self.ratio_max = min(self.ratio_min, ratio), max(self.ratio_max, ratio)
 
         keep = tail.copy()
+        per_band = np.bincount(host, minlength=4 * k).reshape(k, 4)  # (k, 4): core, periphery, tail, outlier
+        segments = np.split(np.argsort(host, kind="stable"), np.cumsum(per_band.reshape(-1))[:-1])
+        groups = []  # farthest-point sampling, all bands at once after the seeded draws (same draw order)
         for c in np.unique(cid):
-            in_c = cid == c
-            c_idx, p_idx = np.flatnonzero(in_c & core), np.flatnonzero(in_c & periphery)
-            total = len(c_idx) + len(p_idx)
-            m = int(math.floor(total * ratio + self.rng.random()))  # unbiased rounding
+            c_idx, p_idx = segments[4 * c], segments[4 * c + 1]
+            m = int(math.floor((len(c_idx) + len(p_idx)) * ratio + self.rng.random()))  # unbiased rounding
             mc, mp = allocate_power(len(c_idx), len(p_idx), m, self.power_alpha)
             for band_idx, mb in ((c_idx, mc), (p_idx, mp)):
-                if self.sampling == "farthest":
-                    pick = farthest_point_sampling(feats[band_idx], mb, self.rng)
-                else:
-                    pick = self.rng.permutation(len(band_idx))[:mb]
-                keep[band_idx[pick]] = True
-            self.counts[c] += [int(in_c.sum()), len(c_idx), len(p_idx), int((in_c & tail).sum()),
-                               int((in_c & outlier).sum())]
+                if self.sampling == "random":
+                    keep[band_idx[self.rng.permutation(len(band_idx))[:mb]]] = True
+                elif mb >= len(band_idx):
+                    keep[band_idx] = True
+                elif mb > 0:
+                    groups.append((band_idx, mb, int(self.rng.integers(len(band_idx)))))
+            self.counts[c] += [int(per_band[c].sum()), *(int(v) for v in per_band[c])]
+        for (band_idx, _, _), pick in zip(groups, farthest_point_groups(feats, groups)):
+            keep[band_idx[pick]] = True
         newly = keep & ~self.kept[idx]
         np.add.at(self.kept_per_cluster, cid[newly], 1)
-        self.kept[idx[keep]] = True
+        rows = np.unique(idx[keep])
+        self._n_kept += int(np.count_nonzero(~self.kept[rows]))
+        self.kept[rows] = True
         self.seen += len(idx)
         if keep.any():
-            self._update_prototypes(feats[keep])
+            self._update_prototypes(feats[torch.from_numpy(keep).to(feats.device)])
         return keep
 
-    def _update_prototypes(self, feats: np.ndarray) -> None:
-        q = sinkhorn_knopp(feats @ self.prototypes.T, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+    def _update_prototypes(self, feats: torch.Tensor) -> None:
+        q = sinkhorn_knopp_torch(feats @ self._protos.T, self.sinkhorn_epsilon, self.sinkhorn_iterations)
         if self.assignment == "gumbel":
             # The reference's gumbel_softmax(plan, hard=True): Gumbel noise (sd 1.3) on plan entries
             # of ~1/K makes the hard assignment close to uniform at random.
-            gumbel = -np.log(-np.log(self.rng.uniform(1e-12, 1.0, size=q.shape)))
-            weights = np.zeros_like(q)
-            weights[np.arange(len(q)), np.argmax(q + gumbel, axis=1)] = 1.0
+            u = torch.from_numpy(self.rng.uniform(1e-12, 1.0, size=tuple(q.shape))).to(q.device)  # float64
+            hard = torch.argmax(q.double() - torch.log(-torch.log(u)), dim=1)
+            weights = torch.zeros_like(q)
+            weights[torch.arange(len(q), device=q.device), hard] = 1.0
         else:
             weights = q
-        for c in range(len(self.prototypes)):
-            w = weights[:, c:c + 1]
-            mean = (w * feats).sum(axis=0) / (w.sum() + 1e-8)
-            self.prototypes[c] = self.ema_decay * self.prototypes[c] + (1 - self.ema_decay) * mean
-        self.prototypes = normalise(self.prototypes)
+        mean = (weights.T @ feats) / (weights.sum(dim=0)[:, None] + 1e-8)  # (K, 2D)
+        self._protos = normalise_rows(self.ema_decay * self._protos + (1 - self.ema_decay) * mean)
 
     def kept_rows(self) -> np.ndarray:
         return np.flatnonzero(self.kept)
@@ -224,7 +251,7 @@ class PrototypeCurator(Curator):
                  "ratio_batches": self.ratio_batches,
                  "ratio_min": None if math.isinf(self.ratio_min) else self.ratio_min,
                  "ratio_max": None if math.isinf(self.ratio_max) else self.ratio_max}
-        if self.prototypes is not None:
+        if self._protos is not None:
             state.update(prototypes=self.prototypes.astype(np.float32), dist_mean=self.dist_mean.astype(np.float64),
                          dist_sq=self.dist_sq.astype(np.float64), counts=self.counts.astype(np.int64),
                          kept_per_cluster=self.kept_per_cluster.astype(np.int64))
@@ -233,15 +260,16 @@ class PrototypeCurator(Curator):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.kept = np.asarray(state["kept"], dtype=bool).copy()
+        self._n_kept = int(self.kept.sum())
         self.seen = int(state["seen"])
         self.embedded_rows = int(state["embedded_rows"])
         self.ratio_sum, self.ratio_batches = float(state["ratio_sum"]), int(state["ratio_batches"])
         self.ratio_min = math.inf if state["ratio_min"] is None else float(state["ratio_min"])
         self.ratio_max = -math.inf if state["ratio_max"] is None else float(state["ratio_max"])
         if "prototypes" in state:
-            self.prototypes = np.asarray(state["prototypes"], dtype=np.float32).copy()
-            self.dist_mean = np.asarray(state["dist_mean"], dtype=np.float64).copy()
-            self.dist_sq = np.asarray(state["dist_sq"], dtype=np.float64).copy()
+            self._protos = torch.from_numpy(np.asarray(state["prototypes"], dtype=np.float32).copy())
+            self._dist_mean = torch.from_numpy(np.asarray(state["dist_mean"], dtype=np.float64).copy())
+            self._dist_sq = torch.from_numpy(np.asarray(state["dist_sq"], dtype=np.float64).copy())
             self.counts = np.asarray(state["counts"], dtype=np.int64).copy()
             self.kept_per_cluster = np.asarray(state["kept_per_cluster"], dtype=np.int64).copy()
 
@@ -249,7 +277,7 @@ class PrototypeCurator(Curator):
         out = super().summary()
         lo, mid, hi = self.bands
         out.update(
-            num_prototypes=len(self.prototypes) if self.prototypes is not None else self.num_prototypes,
+            num_prototypes=len(self._protos) if self._protos is not None else self.num_prototypes,
             curation_epochs=self.curation_epochs, embedded_rows=self.embedded_rows,
             bands=f"core <= mean+{lo:g}sd < periphery < mean+{mid:g}sd <= tail < mean+{hi:g}sd <= outlier",
             cluster_stats=self.cluster_stats, sampling=self.sampling,
