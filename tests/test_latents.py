@@ -94,7 +94,8 @@ def test_packed_latents_unpack_exactly():
 def test_training_reduces_the_loss_and_writes_a_checked_folder(ae):
     meta = read_ae_meta(ae)
     hist = meta["training"]["final_losses"]
-    assert meta["config"] == {"factor": 4, "channels": 2, "width": 8, "image_size": 32} and hist["step"] == 4
+    assert meta["config"] == {"factor": 4, "channels": 2, "width": 8, "image_size": 32, "pixel_mean": 0.5,
+                              "pixel_std": 0.25} and hist["step"] == 4
     model, _ = load_autoencoder(ae)
     assert model.encoder.latent_std.min() > 0 and not torch.equal(model.encoder.latent_std, torch.ones(2))
     scores = meta["training"]["train_sample_scores"]
@@ -122,6 +123,27 @@ def test_resume_reaches_the_uninterrupted_weights(work, manifest, ae):
     b, _ = load_autoencoder(out)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
+
+
+def test_adversarial_term_and_stage_two_alignment_train(work, manifest, capsys):
+    from cxrfm.train.loop import pretrain
+
+    judge = pretrain(manifest, work / "pixel_run", curate="none", budget=1.0, epochs=1, progress=False,
+                     cache_dir=work / "cache", overrides={"image_size": 32, "train.batch_size": 8, "image_arch": {
+                         "depths": [1, 1], "hidden_sizes": [8, 16], "num_stages": 2}})
+    rc = main(["compress", "train", "--data", str(work / "manifest.csv"), "--out", str(work / "ae_adv"), "--factor",
+               "4", "--channels", "1", "--size", "32", "--width", "8", "--steps", "4", "--batch-size", "4",
+               "--adv-weight", "0.1", "--adv-start", "0.5", "--align-model", str(judge), "--align-steps", "2",
+               "--cache-dir", str(work / "cache"), "--no-progress"])
+    assert rc == 0 and "PSNR" in capsys.readouterr().out
+    meta = read_ae_meta(work / "ae_adv")
+    hist = json.loads((work / "ae_adv" / "state" / "trainer.json").read_text())["history"]
+    assert meta["training"]["align_steps"] == 2 and meta["training"]["align_model"] == str(judge.resolve())
+    last = hist[-1]  # step 6: stage 2, with the alignment term; the adversarial term only ran in stage 1
+    assert last["stage"] == 2 and 0 <= last["align"] <= 2 and "gen" not in last
+    assert [h["step"] for h in hist if "gen" in h and "disc" in h] == [3, 4]  # from half of stage 1 on
+    with pytest.raises(ConfigError, match="--align-model"):
+        train_autoencoder(manifest, work / "ae_x", align_steps=2, cache_dir=work / "cache", **AE_ARGS)
 
 
 def test_a_damaged_or_mismatched_folder_is_refused(work, ae):
@@ -204,8 +226,15 @@ def test_cli_encode_pretrain_on_latents_and_eval(work, ae, capsys):
         latent = model.encode_image(pack_latents(z, 32))
         model.image.latent_input = False
     assert (pixel * latent).sum(-1).min() > 0.99
+    moved = work / "run_moved"  # the AE folder gone: the run still loads (its encoder is in model.safetensors)
+    shutil.copytree(run, moved)
+    c = json.loads((moved / "config.json").read_text())
+    c["model"]["image_arch"]["ae"] = str(work / "gone")
+    (moved / "config.json").write_text(json.dumps(c))
+    with torch.no_grad():
+        assert torch.allclose(load_model(moved).encode_image(x), pixel, atol=1e-6)
     ae_model, _ = load_autoencoder(ae)
-    assert torch.equal(model.image.encoder.net[0].weight, ae_model.encoder.net[0].weight)  # the frozen AE encoder
+    assert torch.equal(model.image.backbone.encoder.net[0].weight, ae_model.encoder.net[0].weight)  # the frozen AE encoder
     rc = main(["eval", "--model", str(run), "--data", str(work / "manifest.csv"), "--tasks", "zeroshot",
                "--out", str(work / "eval"), "--cache-dir", str(cache), "--n-boot", "10"])
     assert rc == 0

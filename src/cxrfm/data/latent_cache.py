@@ -160,7 +160,8 @@ class LatentCacheWriter:
         self._ctx.__exit__(None, None, None)  # renames the finished array into place
         pixel = self.meta["size"] ** 2
         latent = self.meta["channels"] * (self.meta["size"] // self.meta["factor"]) ** 2
-        self.meta.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), clipped_fraction=self.clipped / max(self.values, 1),
+        self.meta.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         clipped_fraction=self.clipped / max(self.values, 1),
                          storage={"pixel_bytes_per_image": pixel, "latent_bytes_per_image": latent,
                                   "ratio": pixel / latent})
         with atomic_path(_sidecar(self.path), suffix=".tmp") as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -43,12 +43,15 @@ class AEConfig:
     channels: int = 4  # latent channels
     width: int = 32  # channels of the first stage (doubled per halving, at most 4x)
     image_size: int = 128  # the pixel side it was trained at (any multiple of ``factor`` works)
+    pixel_mean: float = 0.5  # input normalisation (x - mean) / std; a latent run's image_mean / image_std
+    pixel_std: float = 0.25
 
     def __post_init__(self):
         if self.factor not in FACTORS:
             raise AutoencoderError(f"factor {self.factor}: choose one of {', '.join(map(str, FACTORS))}")
-        if not 1 <= self.channels <= 16 or self.width < 1:
-            raise AutoencoderError(f"channels {self.channels} must be in 1..16 and width {self.width} >= 1")
+        if not 1 <= self.channels <= 16 or self.width < 1 or not self.pixel_std > 0:
+            raise AutoencoderError(f"channels {self.channels} must be in 1..16, width {self.width} >= 1 and "
+                                   f"pixel_std {self.pixel_std} > 0")
         check_side(self.image_size, self.factor)
 
     @property
@@ -101,11 +104,13 @@ class LatentEncoder(nn.Module):
     def raw(self, pixels: torch.Tensor) -> torch.Tensor:
         check_side(pixels.shape[-1], self.config.factor)
         check_side(pixels.shape[-2], self.config.factor, "image height")
-        return self.net((pixels - 0.5) / 0.25)  # (B, C, h, w), before normalisation
+        return self.net((pixels - self.config.pixel_mean) / self.config.pixel_std)  # (B, C, h, w), not standardised
+
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        z = self.raw(pixels)
-        return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
+        return self.standardise(self.raw(pixels))
 
 
 class Decoder(nn.Module):
@@ -258,7 +263,8 @@ def read_ae_meta(folder: str | Path) -> dict:
     return meta
 
 
-def load_autoencoder(folder: str | Path, factor: int | None = None, channels: int | None = None) -> tuple[Autoencoder, dict]:
+def load_autoencoder(folder: str | Path, factor: int | None = None,
+                     channels: int | None = None) -> tuple[Autoencoder, dict]:
     """The saved AE of ``folder`` (eval mode) and its json; checks the weights against their sha256.
 
     ``factor`` / ``channels``, when given, are the setting the caller expects: an AE trained for another

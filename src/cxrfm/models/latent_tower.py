@@ -51,8 +51,25 @@ def unpack_latents(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor
     return x.reshape(x.shape[0], -1)[:, :n].reshape(x.shape[0], *shape)
 
 
+class LatentBackbone(nn.Module):
+    """The frozen AE encoder then a ConvNeXt: normalised pixels (or ready latents) -> ConvNeXt outputs."""
+
+    def __init__(self, encoder: LatentEncoder, convnext: nn.Module):
+        super().__init__()
+        self.encoder, self.convnext = encoder, convnext
+
+    def forward(self, pixel_values: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+                output_hidden_states: bool = True):
+        z = latents if latents is not None else self.encoder.standardise(self.encoder.net(pixel_values))
+        return self.convnext(pixel_values=z, output_hidden_states=output_hidden_states)
+
+
 class LatentTower(ImageTowerBase):
-    """Pixels (or packed latents) -> frozen AE encoder -> ConvNeXt stages -> pooled (B, out_dim)."""
+    """Pixels (or packed latents) -> frozen AE encoder -> ConvNeXt stages -> pooled (B, out_dim).
+
+    Pixels are normalised with the config's ``image_mean`` / ``image_std`` (a latent run's config holds the
+    autoencoder's own, :func:`latent_model_config`) before the backbone, as in every tower.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -61,13 +78,14 @@ class LatentTower(ImageTowerBase):
         arch = {**DEFAULT_ARCH, **cfg.image_arch}
         try:
             self.ae_config = AEConfig(factor=int(arch["factor"]), channels=int(arch["channels"]),
-                                      width=int(arch["ae_width"]), image_size=int(cfg.image_size))
+                                      width=int(arch["ae_width"]), image_size=int(cfg.image_size),
+                                      pixel_mean=float(cfg.image_mean), pixel_std=float(cfg.image_std))
         except AutoencoderError as e:
             raise ConfigError(f"image_tower latent: {e}") from None
         side = cfg.image_size // self.ae_config.factor
         self.latent_shape = (self.ae_config.channels, side, side)
-        self.encoder = LatentEncoder(self.ae_config)
-        self.encoder.requires_grad_(False)
+        encoder = LatentEncoder(self.ae_config)
+        encoder.requires_grad_(False)
         bb = {k: v for k, v in arch.items() if k not in AE_KEYS}
         bb.setdefault("patch_size", max(1, side // 16))
         bb.setdefault("num_stages", len(bb.get("depths", [])))
@@ -79,15 +97,22 @@ class LatentTower(ImageTowerBase):
                               f"stages (image_arch depths / hidden_sizes)")
         try:
             hf = tf.ConvNextConfig(num_channels=self.ae_config.channels, **bb)
-            self.backbone = tf.ConvNextModel(hf)
+            convnext = tf.ConvNextModel(hf)
         except Exception as e:  # transformers validates with its own error types
             raise ConfigError(f"image_arch {cfg.image_arch}: not valid for the latent tower's ConvNextConfig "
                               f"({e})") from None
+        self.backbone = LatentBackbone(encoder, convnext)
+        self.register_buffer("mean", torch.tensor(float(cfg.image_mean)), persistent=False)
+        self.register_buffer("std", torch.tensor(float(cfg.image_std)), persistent=False)
         self.out_dim = int(hf.hidden_sizes[-1])
         self.latent_input = False  # set by latent pretraining: inputs are pack_latents() of cached latents
         ae = arch.get("ae")
         if ae and Path(ae).is_dir():
             self._load_encoder_if_same(Path(ae), arch.get("ae_hash"))
+
+    @property
+    def encoder(self) -> LatentEncoder:
+        return self.backbone.encoder
 
     def _load_encoder_if_same(self, folder: Path, want_hash: str | None) -> None:
         """Start from the AE folder's encoder when it is the one recorded (a saved run's own weights, loaded
@@ -101,26 +126,33 @@ class LatentTower(ImageTowerBase):
         except AutoencoderError as e:
             print(f"latent tower: {e}", file=sys.stderr)
             return
-        if ae.config.width != self.ae_config.width:
-            return
-        self.encoder.load_state_dict(ae.encoder.state_dict())
+        if ae.config.width == self.ae_config.width:
+            self.encoder.load_state_dict(ae.encoder.state_dict())
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.encoder.eval()  # frozen
         return self
 
-    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) pixels in [0, 1] -> (B, C, S/f, S/f) normalised latents (the cached values)."""
+    def _check(self, pixels: torch.Tensor) -> None:
         try:
-            return self.encoder(pixels)
+            check_side(pixels.shape[-1], self.ae_config.factor)
+            check_side(pixels.shape[-2], self.ae_config.factor, "image height")
         except AutoencoderError as e:
             raise ConfigError(f"latent tower: {e}") from None
 
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) pixels in [0, 1] -> (B, C, S/f, S/f) standardised latents (the cached values)."""
+        self._check(pixels)
+        return self.encoder.standardise(self.encoder.net((pixels - self.mean) / self.std))
+
     # ------------------------------------------------------------ the tower contract
     def forward_features(self, pixels: torch.Tensor) -> FeatureMaps:
-        z = unpack_latents(pixels, self.latent_shape) if self.latent_input else self.latents(pixels)
-        out = self.backbone(pixel_values=z, output_hidden_states=True)
+        if self.latent_input:
+            out = self.backbone(latents=unpack_latents(pixels, self.latent_shape))
+        else:
+            self._check(pixels)
+            out = self.backbone(pixel_values=(pixels - self.mean) / self.std)
         h = out.last_hidden_state
         maps = [s for s in (out.hidden_states or ())[1:] if s is not None and s.dim() == 4]
         if not maps or maps[-1] is not h:
@@ -128,7 +160,7 @@ class LatentTower(ImageTowerBase):
         return FeatureMaps(maps[-4:])
 
     def forward_head(self, features: FeatureMaps) -> torch.Tensor:
-        return self.backbone.layernorm(features[-1].mean(dim=(-2, -1)))  # ConvNeXt's pooler_output
+        return self.backbone.convnext.layernorm(features[-1].mean(dim=(-2, -1)))  # ConvNeXt's pooler_output
 
 
 @register_image_tower("latent", tiny_arch=TINY_ARCH)
@@ -154,7 +186,8 @@ def latent_model_config(cfg: ModelConfig, ae_folder: str | Path, size: int | Non
         check_side(size, ae.factor, "image_size")
     except AutoencoderError as e:
         raise ConfigError(f"{folder}: {e}") from None
-    return dataclasses.replace(cfg, image_tower="latent", image_arch=arch, image_size=size)
+    return dataclasses.replace(cfg, image_tower="latent", image_arch=arch, image_size=size,
+                               image_mean=ae.pixel_mean, image_std=ae.pixel_std)
 
 
 # ------------------------------------------------------------------ writing a latent cache

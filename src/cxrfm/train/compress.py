@@ -84,7 +84,8 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
         raise ConfigError(f"steps ({steps}) must be >= 1, align steps ({align_steps}) >= 0, batch size ({batch_size}) "
                           f">= 2 and lr ({lr}) > 0")
     if align_steps and align_model is None:
-        raise ConfigError("--align-steps needs --align-model RUN (a cxrfm run whose image encoder the latents align to)")
+        raise ConfigError("--align-steps needs --align-model RUN (a cxrfm run whose image encoder the latents "
+                          "align to)")
     if align_model is not None and not align_steps:
         align_steps = max(1, steps // 4)
     manifest = data if isinstance(data, Manifest) else Manifest.load(data)
@@ -124,7 +125,8 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
         judge.requires_grad_(False)
 
     def checkpoint():
-        w = {**{f"ae.{k}": v for k, v in ae.state_dict().items()}, **{f"disc.{k}": v for k, v in disc.state_dict().items()}}
+        w = {**{f"ae.{k}": v for k, v in ae.state_dict().items()},
+             **{f"disc.{k}": v for k, v in disc.state_dict().items()}}
         write_tensors(files["weights"], w)
         skel, arrays = {}, {}
         for name, o in (("ae", opt), ("disc", dopt)):
@@ -173,7 +175,7 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
             step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()}, refresh=False)
-            if step % 10 == 0 or step == total:
+            if step % max(1, min(10, total // 20)) == 0 or step == total:
                 history.append({"step": step, "stage": 1 if step <= steps else 2, **parts})
             if step - last_ckpt >= checkpoint_every or stop.requested:
                 checkpoint()
@@ -204,8 +206,8 @@ def _check_out(out: Path, files: dict, identity: dict, resume: bool) -> dict | N
     has = files["trainer"].is_file()
     if not resume:
         if has or (out / WEIGHTS_FILE).exists():
-            raise AutoencoderError(f"{out}: already holds an autoencoder (or its checkpoint); continue it with --resume, "
-                                   f"or choose another --out")
+            raise AutoencoderError(f"{out}: already holds an autoencoder (or its checkpoint); continue it with "
+                                   f"--resume, or choose another --out")
         return None
     if not has:
         if (out / WEIGHTS_FILE).exists():
@@ -287,7 +289,7 @@ def latent_overrides(config: str, overrides: dict, ae: str | Path) -> dict:
     size = overrides.get("model.image_size", overrides.get("image_size"))
     lc = latent_model_config(m, ae, size=size)
     return {**overrides, "model.image_tower": "latent", "model.image_arch": lc.image_arch,
-            "model.image_size": lc.image_size}
+            "model.image_size": lc.image_size, "model.image_mean": lc.image_mean, "model.image_std": lc.image_std}
 
 
 def pretrain_on_latents(data, out, ae: str | Path, config: str = "tiny-cpu", curate: str = "balanced",
