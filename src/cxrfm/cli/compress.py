@@ -52,6 +52,7 @@ def add_compress(sub):
     t.add_argument("--align-weight", type=float, default=1.0, help="weight of the alignment term (default 1)")
     t.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches")
     t.add_argument("--resume", action="store_true", help="continue the training in --out from its checkpoint")
+    t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     t.add_argument("--cache-dir", type=Path, default=None, help="decoded-image cache folder (default $CXRFM_CACHE)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     t.set_defaults(func=_run_train)
@@ -71,6 +72,7 @@ def add_compress(sub):
     e.add_argument("--factor", type=int, default=None, help="refuse an AE not trained for this factor")
     e.add_argument("--channels", type=int, default=None, help="refuse an AE not trained for this many channels")
     e.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
+    e.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     e.set_defaults(func=_run_encode)
 
@@ -83,7 +85,7 @@ def _run_train(args) -> int:
                             size=args.size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             adv_weight=args.adv_weight, adv_start=args.adv_start, align_model=args.align_model,
                             align_steps=args.align_steps, align_weight=args.align_weight, resume=args.resume,
-                            progress=args.progress, cache_dir=args.cache_dir)
+                            progress=args.progress, cache_dir=args.cache_dir, device=args.device)
     if (out / "autoencoder.json").is_file():
         meta = read_ae_meta(out)
         s = meta["training"]["train_sample_scores"]
@@ -99,7 +101,7 @@ def _run_encode(args) -> int:
 
     cache = encode_manifest(args.ae, Manifest.load(args.data), size=args.size, cache_dir=args.out,
                             batch_size=args.batch_size, progress=args.progress, factor=args.factor,
-                            channels=args.channels)
+                            channels=args.channels, device=args.device)
     st = cache.meta["storage"]
     print(f"{cache.path}: {len(cache)} images, latents {cache.channels}x{cache.size // cache.factor}x"
           f"{cache.size // cache.factor} uint8 ({st['latent_bytes_per_image']} B/image vs "

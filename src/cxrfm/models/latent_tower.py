@@ -193,7 +193,7 @@ def latent_model_config(cfg: ModelConfig, ae_folder: str | Path, size: int | Non
 # ------------------------------------------------------------------ writing a latent cache
 def encode_manifest(ae_folder: str | Path, manifest: Manifest, size: int | None = None,
                     cache_dir: str | Path | None = None, batch_size: int = 64, progress: bool = False,
-                    factor: int | None = None, channels: int | None = None, device: str = "cpu") -> LatentCache:
+                    factor: int | None = None, channels: int | None = None, device: str | None = None) -> LatentCache:
     """The latent cache of ``manifest`` under the AE in ``ae_folder`` (written unless a fresh one exists).
 
     Pixels come from the decoded-image cache at ``size`` (default: the AE's training size); ``factor`` /
@@ -214,6 +214,7 @@ def encode_manifest(ae_folder: str | Path, manifest: Manifest, size: int | None 
     except LatentCacheError:
         pass  # missing or stale: (re)write it
     pixels = ImageCache.build(manifest, size=size, cache_dir=cache_dir, progress=progress)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ae = ae.to(device)
     writer = LatentCacheWriter(path, manifest, h, str(folder), size, ae.config.factor, ae.config.channels)
     try:

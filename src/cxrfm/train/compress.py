@@ -60,7 +60,7 @@ def reconstruction_scores(ae: Autoencoder, pixels: torch.Tensor, batch: int = 32
     ps, ms = [], []
     for i in range(0, len(pixels), batch):
         x = pixels[i:i + batch]
-        rec = ae.decode(dequantise(quantise(ae.encode(x)))).clamp(0, 1)
+        rec = ae.decode(dequantise(quantise(ae.encode(x))).to(x.device)).clamp(0, 1)
         ps.append(psnr(rec, x))
         ms.append(ms_ssim(rec, x))
     return {"psnr": float(torch.cat(ps).mean()), "ms_ssim": float(torch.cat(ms).mean()), "n": len(pixels)}
@@ -71,10 +71,11 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
                       seed: int = 0, adv_weight: float = 0.0, adv_start: float = 0.5,
                       align_model: str | Path | None = None, align_steps: int = 0, align_weight: float = 1.0,
                       resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None,
-                      checkpoint_every: int = 200, max_steps: int | None = None) -> Path:
+                      checkpoint_every: int = 200, max_steps: int | None = None, device: str | None = None) -> Path:
     """Train an autoencoder on ``data``'s train rows into the folder ``out``; returns ``out``.
 
-    ``max_steps`` stops after that many steps of this call with a checkpoint (resume later).
+    ``max_steps`` stops after that many steps of this call with a checkpoint (resume later). ``device``
+    defaults to CUDA when available (weights and results do not depend on it beyond float rounding).
     """
     from ..data.cache import ImageCache
 
@@ -105,6 +106,8 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ae, disc = Autoencoder(cfg), PatchDiscriminator(max(8, cfg.width))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ae, disc = ae.to(dev), disc.to(dev)
     opt = torch.optim.Adam(ae.parameters(), lr=lr, betas=(0.5, 0.9))
     dopt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     step, history = 0, []
@@ -121,7 +124,7 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
     if align_model is not None:
         from ..models.dual import load_model
 
-        judge = load_model(align_model)
+        judge = load_model(align_model, device=dev)
         judge.requires_grad_(False)
 
     def checkpoint():
@@ -144,7 +147,7 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
         while step < stop_at:
             gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
             idx = rows[torch.randint(len(rows), (batch_size,), generator=gen).numpy()]
-            x = pixels.batch(np.sort(idx))  # (B, 1, S, S)
+            x = pixels.batch(np.sort(idx)).to(dev)  # (B, 1, S, S)
             rec = ae(x)
             loss = reconstruction_loss(rec, x)
             parts = {"rec": float(loss.detach())}
@@ -187,7 +190,7 @@ def train_autoencoder(data: Manifest | str | Path, out: str | Path, factor: int 
     if step < total:
         return out
     ae.eval()
-    sample = pixels.batch(np.sort(rows[np.random.default_rng(seed).permutation(len(rows))[:256]]))
+    sample = pixels.batch(np.sort(rows[np.random.default_rng(seed).permutation(len(rows))[:256]])).to(dev)
     ae.set_latent_stats(sample)
     scores = reconstruction_scores(ae, sample[:64])
     record = {"steps": int(steps), "align_steps": int(align_steps), "batch_size": int(batch_size), "lr": float(lr),
