@@ -271,7 +271,10 @@ class LatentPretraining(Pretraining):
             raise ConfigError("pretraining on latents needs image_tower = latent")
         arch = self.model_cfg.image_arch
         if not self.has_state:  # start from the AE's own encoder (the build already did when it could)
-            ae, _ = load_autoencoder(arch["ae"], arch["factor"], arch["channels"])
+            ae, meta = load_autoencoder(arch["ae"], arch["factor"], arch["channels"])
+            if meta["weights_sha256"][:16] != arch["ae_hash"]:
+                raise AutoencoderError(f"{arch['ae']}: holds another autoencoder (hash {meta['weights_sha256'][:16]}) "
+                                       f"than the config names ({arch['ae_hash']}); give --latents again")
             tower.encoder.load_state_dict(ae.encoder.state_dict())
         tower.latent_input = True
 
