@@ -97,3 +97,6 @@ def _show_one_image(run: Path, eval_part) -> None:
     print("  top findings: " + ", ".join(f"{f['finding']} {f['probability']:.2f} ({f['head']})" for f in top))
     for c in out["concepts"][:3]:
         print(f"  concept #{c['feature']} {c['name']!r} (activation {c['activation']:.2f})")
+    anatomy = out.get("anatomy") or {}
+    if anatomy.get("summary") or anatomy.get("note"):
+        print(f"  anatomy: {anatomy.get('summary') or anatomy.get('note')} (heart and lung outlines on the page)")
