@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=30, help="timed queries (30)")
     ap.add_argument("--model-dir", default=None, help="a trained anatomy folder (default: random weights)")
     ap.add_argument("--train-images", type=int, default=32)
-    ap.add_argument("--unet-size", type=int, default=192, help="the U-Net's side (192, the task's default)")
+    ap.add_argument("--unet-size", type=int, default=128, help="the U-Net's side (128, the task's and the shipped model's)")
     ap.add_argument("--unet-steps", type=int, default=4, help="timed U-Net steps of batch 8 (4)")
     ap.add_argument("--config", default="tiny-cpu", help="preset whose image tower is the frozen encoder")
     ap.add_argument("--decoder-size", type=int, default=128, help="the frozen encoder's input side (128)")

@@ -82,7 +82,7 @@ class Decoder(nn.Module):
 class UNetConfig:
     structures: tuple[str, ...] = ("left_lung", "right_lung", "heart")
     widths: tuple[int, ...] = (16, 32, 64, 128, 192)
-    size: int = 192  # the network's input side (images are letterboxed to it)
+    size: int = 128  # the network's input side (images are letterboxed to it)
     stem_stride: int = 1  # 2: the first stage works at half resolution, logits are upsampled back
 
 

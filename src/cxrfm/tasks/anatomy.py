@@ -49,7 +49,7 @@ class AnatomySettings:
     about half an hour on 2 CPU cores; :meth:`tiny` is for tests and smoke runs."""
 
     # the U-Net (also for label fractions): 600 steps of 8 images at 128 px, ~5 min on 2 cores
-    supervised: SupervisedSettings = SupervisedSettings(size=128, steps=600)
+    supervised: SupervisedSettings = SupervisedSettings()
     shot_steps: int | None = 200  # steps of the U-Net trained on k shots (None: supervised.steps)
     ks: tuple[int, ...] = (1, 3, 5)
     draws: int = 3  # support sets drawn per k

@@ -22,9 +22,9 @@ from ..models.anatomy_nets import UNet, UNetConfig
 
 @dataclass(frozen=True)
 class SupervisedSettings:
-    size: int = 192
+    size: int = 128
     stem_stride: int = 1
-    steps: int = 1500  # optimisation steps (batches), whatever the number of images
+    steps: int = 600  # optimisation steps (batches of 8), whatever the number of images
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
