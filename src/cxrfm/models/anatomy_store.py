@@ -97,19 +97,20 @@ def _load(path: Path, file: str, net: torch.nn.Module) -> torch.nn.Module:
     return net.eval()
 
 
-def load_unet(path: str | Path | None = None) -> UNet:
+def _load_net(path: str | Path | None, key: str, what: str, config_cls, net_cls, file: str):
     path = Path(path) if path is not None else default_anatomy_dir()
-    cfg = read_meta(path).get("unet")
+    cfg = read_meta(path).get(key)
     if not isinstance(cfg, dict):
-        raise AnatomyModelError(f"{path}: no supervised U-Net in {META}")
-    cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    return _load(path, UNET, UNet(cfg))
+        raise AnatomyModelError(f"{path}: no {what} in {META}")
+    cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return _load(path, file, net_cls(cfg))
+
+
+def load_unet(path: str | Path | None = None) -> UNet:
+    """The supervised U-Net of an anatomy folder (None: :func:`default_anatomy_dir`)."""
+    return _load_net(path, "unet", "supervised U-Net", UNetConfig, UNet, UNET)
 
 
 def load_incontext(path: str | Path | None = None) -> InContextSegmenter:
-    path = Path(path) if path is not None else default_anatomy_dir()
-    cfg = read_meta(path).get("incontext")
-    if not isinstance(cfg, dict):
-        raise AnatomyModelError(f"{path}: no in-context segmenter in {META}")
-    cfg = InContextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    return _load(path, INCONTEXT, InContextSegmenter(cfg))
+    """The in-context segmenter of an anatomy folder (None: :func:`default_anatomy_dir`)."""
+    return _load_net(path, "incontext", "in-context segmenter", InContextConfig, InContextSegmenter, INCONTEXT)
