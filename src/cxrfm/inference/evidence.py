@@ -91,14 +91,14 @@ class EvidenceBuilder:
     def heatmaps(self, img: torch.Tensor, findings: Sequence[str]) -> dict[str, np.ndarray]:
         """Grad-CAM (h, w) in [0, 1] per finding, cropped to the image's part of the letterbox."""
         from ..data.images import letterbox, letterbox_geometry
-        from .gradcam import grad_cam
+        from .gradcam import grad_cams
 
         s = int(self.model.image_size)
         x = letterbox(img, s).unsqueeze(0)
         nh, nw, top, left = letterbox_geometry(img.shape[1], img.shape[2], s)
-        return {f: grad_cam(self.model, x, head_direction(self.head, self.findings.index(f)))[top:top + nh,
-                                                                                            left:left + nw]
-                for f in findings}
+        findings = list(findings)
+        maps = grad_cams(self.model, x, [head_direction(self.head, self.findings.index(f)) for f in findings])
+        return {f: m[top:top + nh, left:left + nw] for f, m in zip(findings, maps)}
 
     def masks(self, img: torch.Tensor) -> tuple[dict[str, np.ndarray] | None, str | None]:
         if self.anatomy is None:

@@ -31,26 +31,46 @@ def grad_cam(model, image: torch.Tensor, direction: torch.Tensor) -> np.ndarray:
     ``image``: (1, 1, S, S) float in [0, 1] (already letterboxed to the model's size);
     ``direction``: (D,) a text-embedding direction, e.g. ``t_pos - t_neg`` of one finding.
     """
+    return grad_cams(model, image, [direction])[0]
+
+
+def grad_cams(model, image: torch.Tensor, directions) -> list[np.ndarray]:
+    """:func:`grad_cam` for several directions from one forward pass (the evidence trail's maps).
+
+    Each map is taken at the deepest feature map its score depends on: the gradient is first asked of
+    the deepest map only (a backward pass through the head alone), and of every map only when that one
+    is flat.
+    """
     if image.ndim != 4 or image.shape[:2] != (1, 1):
         raise ValueError(f"grad_cam expects one (1, 1, S, S) image, got {tuple(image.shape)}")
     if not (hasattr(model, "image_feature_maps") and hasattr(model, "encode_feature_maps")):
         raise ConfigError(f"Grad-CAM needs a model with image_feature_maps and encode_feature_maps (a "
                           f"DualEncoder); {type(model).__name__} has neither")
+    out = []
     with torch.enable_grad():
         # The input needs grad so that the graph exists even when the weights are frozen.
         x = image.detach().clone().requires_grad_(True)
         feats = model.image_feature_maps(x)  # [(1, C_i, h_i, w_i), ...] shallow -> deep
         emb = model.encode_feature_maps(feats, normalize=True)  # (1, D)
-        score = (emb[0] * direction.to(emb.dtype)).sum()
-        grads = feats.gradients(score)
+        last = len(feats) - 1
+        for direction in directions:
+            score = (emb[0] * direction.to(emb.dtype)).sum()
+            grads = feats.gradients(score, only=[last])
+            if not bool(grads[last].any()):
+                grads = feats.gradients(score)
+            out.append(_cam(feats, grads, image.shape[-2:]))
+    return out
+
+
+def _cam(feats, grads, size) -> np.ndarray:
     # The deepest map the score depends on; when it depends on none (a zero direction) the map is flat.
     k = next((i for i in reversed(range(len(grads))) if bool(grads[i].any())), len(grads) - 1)
-    feat, grad = feats[k].detach(), grads[k]  # (1, C, h, w) each
+    feat, grad = feats[k].detach(), grads[k].detach()  # (1, C, h, w) each
     weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
     cam = F.relu((weights * feat).sum(dim=1, keepdim=True))  # (1, 1, h, w)
-    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]  # (S, S)
+    cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)[0, 0]  # (S, S)
     hi = float(cam.max())
-    return (cam / hi).cpu().numpy().astype(np.float32) if hi > 0 else np.zeros(image.shape[-2:], np.float32)
+    return (cam / hi).cpu().numpy().astype(np.float32) if hi > 0 else np.zeros(tuple(size), np.float32)
 
 
 def finding_heatmap(model, image: torch.Tensor, classifier: torch.Tensor, finding_index: int) -> np.ndarray:

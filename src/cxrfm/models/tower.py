@@ -43,10 +43,14 @@ class FeatureMaps(list):
         self.prefix = prefix
         self.tokens = list(tokens) if tokens is not None else [None] * len(self)
 
-    def gradients(self, score: torch.Tensor) -> list[torch.Tensor]:
-        """d score / d map for every map, in the map's layout; zeros where ``score`` does not depend on it."""
-        sources = [t if t is not None else m for m, t in zip(self, self.tokens)]
-        grads = torch.autograd.grad(score, sources, allow_unused=True, retain_graph=True)
+    def gradients(self, score: torch.Tensor, only: list[int] | None = None) -> list[torch.Tensor]:
+        """d score / d map for every map (or the maps ``only`` names: the others get zeros, and the
+        backward pass stops at the shallowest one asked for), in the map's layout; zeros where ``score``
+        does not depend on a map. The graph is kept, so one forward serves several scores."""
+        keep = range(len(self)) if only is None else sorted(set(int(i) for i in only))
+        sources = [self.tokens[i] if self.tokens[i] is not None else self[i] for i in keep]
+        got = dict(zip(keep, torch.autograd.grad(score, sources, allow_unused=True, retain_graph=True)))
+        grads = [got.get(i) for i in range(len(self))]
         out = []
         for m, t, g in zip(self, self.tokens, grads):
             if g is None:
