@@ -68,3 +68,28 @@ def test_bad_inputs():
         grad_cam(model, torch.rand(2, 1, S, S), direction())
     with pytest.raises(ConfigError, match="image_feature_maps"):
         grad_cam(object(), image(), direction())
+
+
+@pytest.mark.parametrize("kind", list_image_towers())
+def test_several_directions_from_one_pass_equal_one_pass_each(kind):
+    """grad_cams (one forward, the deepest map's gradient first) gives the maps of a full backward per
+    direction, for every tower (convolutional maps and token grids)."""
+    import torch.nn.functional as F
+
+    from cxrfm.inference.gradcam import grad_cams
+
+    model, x = frozen_model(kind), image()
+    dirs = [direction(s) for s in (1, 2, 3)]
+    got = grad_cams(model, x, dirs)
+    for d, g in zip(dirs, got):
+        with torch.enable_grad():
+            xx = x.detach().clone().requires_grad_(True)
+            feats = model.image_feature_maps(xx)
+            emb = model.encode_feature_maps(feats, normalize=True)
+            grads = feats.gradients((emb[0] * d).sum())  # every map, one backward for this direction
+        k = next((i for i in reversed(range(len(grads))) if bool(grads[i].any())), len(grads) - 1)
+        w = grads[k].mean(dim=(2, 3), keepdim=True)
+        cam = F.interpolate(F.relu((w * feats[k].detach()).sum(1, keepdim=True)), size=x.shape[-2:],
+                            mode="bilinear", align_corners=False)[0, 0]
+        cam = cam / cam.max() if float(cam.max()) > 0 else cam
+        np.testing.assert_allclose(g, cam.detach().numpy(), atol=1e-5)
