@@ -10,7 +10,9 @@ Columns: storage ratio (pixel-cache bytes / latent-cache bytes), PSNR / MS-SSIM 
 ratio (median training pairs/s of the latent run over the pixel run's, same machine, same process),
 reliable-mean ratio (zero-shot within-source reliable mean, benchmarks/data_efficiency.py, latent / pixel),
 probe ratio (probe mean AUROC at the largest fraction, latent / pixel), decoded Δ (pixel model's reliable
-mean on decoded minus original eval images). Where the data has no reliable cells (the bundled sample
+mean on decoded minus original eval images), Dice Δ (the shipped anatomy U-Net's lung Dice against the
+manifest's lung masks on decoded minus original eval images). ``OUT/curve.png`` plots the two downstream
+ratios against the storage ratio. Where the data has no reliable cells (the bundled sample
 in --quick) the mean over all within-source cells is used and the column is marked ``*``.
 
 Each setting also writes ``OUT/reconstructions_f<F>c<C>.png``: the best, median and worst eval image by
@@ -115,6 +117,65 @@ def save_examples(ae, pixels: torch.Tensor, path: Path) -> dict:
     return {k: {"row": i, "psnr": float(score[i])} for k, i in picks.items()}
 
 
+@torch.no_grad()
+def lung_dice(evalm, pixels, ae=None, limit: int = 128) -> dict | None:
+    """Mean Dice of the shipped anatomy U-Net's lungs (left | right) against the manifest's lung masks, on the
+    eval images with a mask (the first ``limit``), at the benchmark's pixel size; with ``ae``, on the images
+    after encode -> 8-bit latents -> decode. None when the data has no masks or no anatomy model is found."""
+    import torch.nn.functional as F
+
+    from cxrfm.data.anatomy import read_mask
+    from cxrfm.data.latent_cache import dequantise, quantise
+    from cxrfm.inference.anatomy import Anatomy
+
+    rows = [i for i, m in enumerate(evalm.mask_paths()) if m is not None and m.is_file()][:limit]
+    if not rows:
+        return None
+    try:
+        anatomy = Anatomy()
+    except Exception as e:  # noqa: BLE001 - no anatomy model: the column stays empty, said so
+        print(f"lung Dice skipped: {e}", file=sys.stderr)
+        return None
+    x = pixels.batch(np.asarray(rows))
+    if ae is not None:
+        x = ae.decode(dequantise(quantise(ae.encode(x)))).clamp(0, 1)
+    paths = evalm.mask_paths()
+    scores = []
+    for j, i in enumerate(rows):
+        ref = torch.from_numpy(read_mask(paths[i]).astype(np.float32))[None, None]
+        ref = F.interpolate(ref, size=x.shape[-2:], mode="nearest")[0, 0].bool().numpy()
+        m = anatomy.structures(x[j])
+        pred = m["left_lung"] | m["right_lung"]
+        scores.append(2 * (pred & ref).sum() / max(1, pred.sum() + ref.sum()))
+    return {"dice": float(np.mean(scores)), "n": len(rows)}
+
+
+def save_curve(pixel: dict, rows: list[dict], path: Path) -> None:
+    """Downstream zero-shot reliable mean and probe AUROC (latent / pixel) against the storage ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label, mark in (("reliable_mean_ratio", "zero-shot reliable mean", "o"), ("probe_ratio", "probe AUROC", "s")):
+        pts = sorted((r["storage_ratio"], r[key], f"{r['factor']}x/{r['channels']}ch") for r in rows
+                     if r.get(key) is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mark, label=label)
+            for xv, yv, name in pts:
+                ax.annotate(name, (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0.98, color="grey", ls="--", lw=0.8, label="goal: 98 % of pixel")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("storage ratio (pixel cache / latent cache)")
+    ax.set_ylabel("latent / pixel")
+    ax.set_title("Downstream quality against compression (eval part)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
@@ -139,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=["zeroshot", "probe"])
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--n-recon", type=int, default=256, help="eval images scored for PSNR / MS-SSIM")
+    p.add_argument("--n-dice", type=int, default=128, help="eval images with a lung mask scored for lung Dice")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--quick", action="store_true",
                    help="smoke test on the bundled sample: 64 px, 8-wide AEs of 10 steps, a 2-stage tower, 1 epoch, "
@@ -176,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     pixel = evaluate_run(pixel_run, evalm, args)
     pixel_rate = pairs_per_s(pixel_run)
     eval_pixels = ImageCache.build(evalm, size=args.size, cache_dir=args.cache_dir)
+    pixel_dice = lung_dice(evalm, eval_pixels, limit=args.n_dice)
     n_recon = min(args.n_recon, len(evalm))
     recon_rows = np.sort(np.random.default_rng(0).permutation(len(evalm))[:n_recon])
     rows = []
@@ -193,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_on_latents(dev, run, ae_dir, **common)
         latent = evaluate_run(run, evalm, args)
         decoded = evaluate_run(pixel_run, evalm, args, images=DecodedImages(eval_pixels, ae, args.size))
+        dice = lung_dice(evalm, eval_pixels, ae, limit=args.n_dice)
         from cxrfm.data.latent_cache import LatentCache, latent_cache_path
         from cxrfm.models.autoencoder import ae_hash
 
@@ -206,22 +270,28 @@ def main(argv: list[str] | None = None) -> int:
                      "probe_ratio": ratio(latent.get("probe"), pixel.get("probe")),
                      "decoded_delta": (None if decoded["zeroshot"][0] is None or pixel["zeroshot"][0] is None
                                        else decoded["zeroshot"][0] - pixel["zeroshot"][0]),
+                     "lung_dice": None if dice is None else dice["dice"],
+                     "lung_dice_delta": None if dice is None or pixel_dice is None else dice["dice"] - pixel_dice["dice"],
                      "latent": latent, "latent_pairs_per_s": pairs_per_s(run), "examples": examples})
+    if rows:
+        save_curve(pixel, rows, args.out / "curve.png")
     with open(args.out / "results.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "pixel": pixel,
+                             "pixel_lung_dice": pixel_dice,
                              "pixel_pairs_per_s": pixel_rate, "rows": rows,
                              "wall_s": round(time.perf_counter() - t0, 1)}) + "\n")
     star = lambda r: "" if r else "*"  # noqa: E731
     print(f"{'setting':<10} {'storage':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'thru':>7} {'rel.mean':>9} {'probe':>7} "
-          f"{'decoded Δ':>10}")
+          f"{'decoded Δ':>10} {'Dice Δ':>7}")
     base = fmt(pixel['zeroshot'][0]) + star(pixel['zeroshot'][1])
     print(f"{'pixel':<10} {'1.0x':>8} {'-':>8} {'-':>8} {'1.00x':>7} {base:>9} "
-          f"{fmt(pixel.get('probe')):>7} {'-':>10}   (pairs/s {fmt(pixel_rate, '.0f')})")
+          f"{fmt(pixel.get('probe')):>7} {'-':>10} {'-':>7}   (pairs/s {fmt(pixel_rate, '.0f')}; lung Dice "
+          f"{fmt(pixel_dice and pixel_dice['dice'])} on {pixel_dice and pixel_dice['n']} eval images)")
     for r in rows:
         name = f"{r['factor']}x/{r['channels']}ch"
         print(f"{name:<10} {r['storage_ratio']:>7.1f}x {r['psnr']:>8.2f} {r['ms_ssim']:>8.4f} "
               f"{fmt(r['throughput_ratio'], '.2f') + 'x':>7} {fmt(r['reliable_mean_ratio']) + star(r['reliable']):>9} "
-              f"{fmt(r['probe_ratio']):>7} {fmt(r['decoded_delta'], '+.3f'):>10}")
+              f"{fmt(r['probe_ratio']):>7} {fmt(r['decoded_delta'], '+.3f'):>10} {fmt(r['lung_dice_delta'], '+.3f'):>7}")
     print(f"(ratios are latent / pixel; * = mean of all within-source cells, no reliable cells in this data; "
           f"{time.perf_counter() - t0:.0f} s)")
     return 0

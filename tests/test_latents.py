@@ -234,7 +234,7 @@ def test_cli_encode_pretrain_on_latents_and_eval(work, ae, capsys):
     with torch.no_grad():
         assert torch.allclose(load_model(moved).encode_image(x), pixel, atol=1e-6)
     ae_model, _ = load_autoencoder(ae)
-    assert torch.equal(model.image.backbone.encoder.net[0].weight, ae_model.encoder.net[0].weight)  # the frozen AE encoder
+    assert torch.equal(model.image.backbone.encoder.net[1].weight, ae_model.encoder.net[1].weight)  # the frozen AE encoder
     rc = main(["eval", "--model", str(run), "--data", str(work / "manifest.csv"), "--tasks", "zeroshot",
                "--out", str(work / "eval"), "--cache-dir", str(cache), "--n-boot", "10"])
     assert rc == 0
