@@ -188,10 +188,14 @@ class Analyzer:
             "neighbours": self.neighbours(emb),
             "concepts": self.top_concepts(emb),
         }
-        out["anatomy"] = self.anatomy.entry(img, view)  # outlines in these pixels, the CTR; or why absent
+        # one anatomy U-Net pass (lazy), on the letterbox the encoder saw when the sizes agree: the outlines and
+        # the evidence zones are both read from it
+        shared = self.anatomy.one_pass(img, x[0])
+        out["anatomy"] = self.anatomy.entry(img, view, shared)  # outlines in these pixels, the CTR; or why absent
         # the evidence trail per finding, then the structured draft whose sentences point into it
         evidence, maps = self.evidence_builder().collect(img, emb[0], prob, view=view, ctr=out["anatomy"].get("ctr"),
-                                                         neighbours=out["neighbours"])
+                                                         neighbours=out["neighbours"], anatomy_pass=shared,
+                                                         letterboxed=x)
         draft = draft_report(prob, self.settings.report_thresholds or None, evidence)
         out.update(evidence=evidence, report=draft["text"],
                    structured_report={k: draft[k] for k in ("sections", "impression", "statuses", "thresholds")})

@@ -6,6 +6,9 @@
   queries.
 * :class:`Anatomy` — the supervised U-Net: ``Anatomy().structures(image)`` -> left lung, right lung,
   heart masks at the image's size; ``Anatomy().measure(image, view)`` adds the CTR.
+  ``Anatomy().one_pass(image)`` -> :class:`AnatomyPass`: the U-Net run once on the image, its
+  probabilities kept at the network's own (letterboxed) size and resized per use, so the served outlines
+  (<= 1024 px) and the evidence zones (<= 256 px) of one answer share one pass.
 * :func:`cardiothoracic_ratio` — heart width / thorax width from masks (the widths are the masks'
   horizontal extents, as in the Wingspan reference; the thorax is both lungs together), refused with a
   reason on lateral films or when the lungs cannot be found.
@@ -160,6 +163,70 @@ def cardiothoracic_ratio(heart: np.ndarray, left_lung: np.ndarray, right_lung: n
     return CTR(ratio, hw, tw, h, t, enlarged=bool(ratio > ENLARGED), view=None if view is None else str(view))
 
 
+def working_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(h, w) of a copy whose longest side is at most ``side`` (the image's own size when it already is)."""
+    if max(height, width) <= side:
+        return int(height), int(width)
+    s = side / max(height, width)
+    return max(8, round(height * s)), max(8, round(width * s))
+
+
+class AnatomyPass:
+    """One U-Net pass over one (1, H, W) image, shared by every caller that needs its masks at some size.
+
+    The network sees the image letterboxed to its own input size (``net.config.size``, e.g. 128 px) whatever
+    the caller's working size, so one probability map at that size serves them all: :meth:`masks` crops the
+    image's part of the letterbox and resizes it (bilinear) to the size asked, then thresholds. At the
+    image's own size this is exactly :meth:`Anatomy.structures`. The pass is lazy: the U-Net runs on the
+    first call only, and a failure is kept and raised again to every later caller (each says so its own way).
+
+    ``letterboxed``: ``letterbox(image, size)`` when the caller has it already (the dual encoder's input has
+    the same form); used only when its shape is the network's input shape, else the pass makes its own.
+    """
+
+    def __init__(self, anatomy: "Anatomy", image, letterboxed: torch.Tensor | None = None):
+        self.anatomy = anatomy
+        self._image = _as_image(image, "image")
+        self.height, self.width = int(self._image.shape[-2]), int(self._image.shape[-1])
+        self._letterboxed = letterboxed
+        self._prob: torch.Tensor | None = None
+        self._error: Exception | None = None
+
+    @torch.inference_mode()
+    def probability_map(self) -> torch.Tensor:
+        """(C, S, S): the U-Net's probabilities on the letterboxed image, at the network's input size."""
+        if self._prob is None and self._error is None:
+            size = int(self.anatomy.net.config.size)
+            x = self._letterboxed
+            if x is None or tuple(x.shape) != (1, size, size):
+                x = to_input(self._image, size)
+            try:
+                self._prob = torch.sigmoid(self.anatomy.net(x[None].float()))[0]
+            except Exception as e:  # noqa: BLE001 - kept: every caller reports it in its own words
+                self._error = e
+            self._image = self._letterboxed = None  # the map is all that is needed from now on
+        if self._error is not None:
+            raise self._error
+        return self._prob
+
+    @torch.inference_mode()
+    def probabilities(self, height: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
+        """(height, width) probability per structure (default: the image's own size; give a downscaled copy's
+        size, same aspect, to get that copy's masks without running the U-Net on it)."""
+        from ..data.images import letterbox_geometry
+
+        p = self.probability_map()
+        new_h, new_w, top, left = letterbox_geometry(self.height, self.width, int(p.shape[-1]))
+        crop = p[:, top:top + new_h, left:left + new_w]  # the image's part, placed as the image was
+        size = (int(height or self.height), int(width or self.width))
+        full = torch.nn.functional.interpolate(crop[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        return {s: full[j] for j, s in enumerate(self.anatomy.structures_names)}
+
+    def masks(self, height: int | None = None, width: int | None = None) -> dict[str, np.ndarray]:
+        """bool (height, width) per structure (default: the image's own size)."""
+        return {s: (p > self.anatomy.threshold).numpy() for s, p in self.probabilities(height, width).items()}
+
+
 class Anatomy:
     """The supervised U-Net (lungs left / right, heart) of an anatomy folder (default: the shipped one)."""
 
@@ -170,29 +237,32 @@ class Anatomy:
         self.structures_names = tuple(self.net.config.structures)
         self.threshold = float(threshold)
 
-    @torch.inference_mode()
+    def one_pass(self, image, letterboxed: torch.Tensor | None = None) -> AnatomyPass:
+        """The U-Net on ``image`` once (lazily), for masks at any size: see :class:`AnatomyPass`."""
+        return AnatomyPass(self, image, letterboxed)
+
     def probabilities(self, image) -> dict[str, torch.Tensor]:
-        img = _as_image(image, "image")
-        size = int(self.net.config.size)
-        p = torch.sigmoid(self.net(to_input(img, size)[None]))[0]
-        full = from_input(p, *img.shape[-2:])
-        return {s: full[j] for j, s in enumerate(self.structures_names)}
+        return self.one_pass(image).probabilities()
 
     def structures(self, image) -> dict[str, np.ndarray]:
         """bool (H, W) per structure, at the image's size."""
-        return {s: (p > self.threshold).numpy() for s, p in self.probabilities(image).items()}
+        return self.one_pass(image).masks()
+
+    def ctr(self, masks: dict[str, np.ndarray], view: str | None = None) -> CTR:
+        """The CTR of this model's masks (refused on lateral films, or where both lungs are not found)."""
+        why = view_refusal(view)
+        if why:
+            return CTR(None, view=view, refused=why)
+        need = ("heart", "left_lung", "right_lung")
+        if not all(s in masks for s in need):
+            return CTR(None, view=view, refused="this anatomy model does not segment the heart and both lungs")
+        return cardiothoracic_ratio(masks["heart"], masks["left_lung"], masks["right_lung"], view)
 
     def measure(self, image, view: str | None = None) -> tuple[dict[str, np.ndarray], CTR]:
         """The structures and the CTR (refused on lateral films, or where both lungs are not found)."""
-        why = view_refusal(view)
         masks = self.structures(image)
-        if why:
-            return masks, CTR(None, view=view, refused=why)
-        need = ("heart", "left_lung", "right_lung")
-        if not all(s in masks for s in need):
-            return masks, CTR(None, view=view, refused="this anatomy model does not segment the heart and both lungs")
-        return masks, cardiothoracic_ratio(masks["heart"], masks["left_lung"], masks["right_lung"], view)
+        return masks, self.ctr(masks, view)
 
 
-__all__ = ["Anatomy", "CTR", "FewShot", "FewShotError", "MaskError", "cardiothoracic_ratio", "check_supports",
-           "segment", "view_refusal"]
+__all__ = ["Anatomy", "AnatomyPass", "CTR", "FewShot", "FewShotError", "MaskError", "cardiothoracic_ratio",
+           "check_supports", "segment", "view_refusal", "working_size"]

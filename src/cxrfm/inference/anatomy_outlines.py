@@ -13,9 +13,12 @@ supervised U-Net and :func:`~cxrfm.inference.anatomy.cardiothoracic_ratio`) for
   points per structure, and the CTR (``CTR.to_dict()``: lines as (row, x0, x1) pixel indices, inclusive)
   with a one-line summary for the page.
 
-Images whose longest side is over :data:`ANATOMY_SIDE` are measured on a copy downscaled to it (the
-networks see a letterboxed 128-512 px input anyway); outlines, lines and widths are then scaled back to
-the original pixels, and the ratio is the one measured (scale-free up to a pixel of the working copy).
+Images whose longest side is over :data:`ANATOMY_SIDE` are measured at a working size downscaled to it
+(the networks see a letterboxed 128-512 px input anyway); outlines, lines and widths are then scaled back
+to the original pixels, and the ratio is the one measured (scale-free up to a pixel of the working size).
+The masks come from one U-Net pass (:class:`cxrfm.inference.anatomy.AnatomyPass`: the network's
+probabilities on the letterboxed image, resized to the working size), which the evidence trail's zones
+of the same answer share (:func:`cxrfm.inference.evidence_regions.working_masks`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CxrfmError
-from .anatomy import ENLARGED, FRONTAL_VIEWS, LATERAL_VIEWS
+from .anatomy import ENLARGED, FRONTAL_VIEWS, LATERAL_VIEWS, working_size
 
 ANATOMY_SIDE = 1024  # longest side the masks are computed at; larger images are measured on a downscaled copy
 MAX_POINTS = 300  # outline points per structure after simplification (all its polygons together)
@@ -72,13 +75,22 @@ class ServedAnatomy:
                 "structures": list(self.anatomy.structures_names) if self.anatomy is not None else [],
                 "note": self.note}
 
-    def entry(self, img: torch.Tensor, view: str | None = None) -> dict:
-        """The ``anatomy`` entry for one (1, H, W) image; never raises (a failure becomes the note)."""
+    def one_pass(self, img: torch.Tensor, letterboxed: torch.Tensor | None = None):
+        """The U-Net pass (lazy: :class:`cxrfm.inference.anatomy.AnatomyPass`) that :meth:`entry` and the
+        evidence zones of one answer share; None without a model (or with one that has no such pass)."""
+        if self.anatomy is None or not hasattr(self.anatomy, "one_pass"):
+            return None
+        return self.anatomy.one_pass(img, letterboxed)
+
+    def entry(self, img: torch.Tensor, view: str | None = None, shared=None) -> dict:
+        """The ``anatomy`` entry for one (1, H, W) image; never raises (a failure becomes the note).
+        ``shared``: :meth:`one_pass` of this image, when the caller keeps it for the evidence zones too."""
         if self.anatomy is None:
             return self._absent(self.note)
         try:
             view = check_view(view)
-            return {"available": True, "note": None, "model": self.describe(), **measure(self.anatomy, img, view)}
+            return {"available": True, "note": None, "model": self.describe(),
+                    **measure(self.anatomy, img, view, shared)}
         except ViewError:
             raise
         except Exception as e:  # noqa: BLE001 - anatomy must never take the rest of the analysis down
@@ -114,12 +126,23 @@ def load_served_anatomy(run_dir: str | Path | None) -> ServedAnatomy:
 
 
 # ---------------------------------------------------------------- measuring one image
-def measure(anatomy, img: torch.Tensor, view: str | None) -> dict:
-    """Masks and CTR on a working copy (longest side <= ANATOMY_SIDE), scaled back to ``img``'s pixels."""
+def measure(anatomy, img: torch.Tensor, view: str | None, shared=None) -> dict:
+    """Masks and CTR at a working size (longest side <= ANATOMY_SIDE), scaled back to ``img``'s pixels.
+
+    The masks are the U-Net pass ``shared`` (``anatomy.one_pass(img)``; made here when not given) resized to
+    the working size, so no downscaled copy of the image is made. An anatomy object without ``one_pass``
+    is asked to ``measure`` a downscaled copy instead."""
     _, h0, w0 = img.shape
-    work = _downscale(img, ANATOMY_SIDE)
-    _, h, w = work.shape
-    masks, ctr = anatomy.measure(work, view=view)
+    if shared is None and hasattr(anatomy, "one_pass"):
+        shared = anatomy.one_pass(img)
+    if shared is not None:
+        h, w = working_size(h0, w0, ANATOMY_SIDE)
+        masks = shared.masks(h, w)
+        ctr = anatomy.ctr(masks, view)
+    else:
+        work = _downscale(img, ANATOMY_SIDE)
+        _, h, w = work.shape
+        masks, ctr = anatomy.measure(work, view=view)
     sy, sx = h0 / h, w0 / w
     structures = {s: {"outline": outline(m, sy, sx), "area_fraction": round(float(m.mean()), 4)}
                   for s, m in masks.items()}
@@ -135,8 +158,7 @@ def _downscale(img: torch.Tensor, side: int) -> torch.Tensor:
     _, h, w = img.shape
     if max(h, w) <= side:
         return img
-    s = side / max(h, w)
-    size = (max(8, round(h * s)), max(8, round(w * s)))
+    size = working_size(h, w, side)
     return F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 

@@ -88,23 +88,28 @@ class EvidenceBuilder:
         self.min_neighbours = int(min_neighbours)
 
     # ---------------------------------------------------------------- pieces
-    def heatmaps(self, img: torch.Tensor, findings: Sequence[str]) -> dict[str, np.ndarray]:
-        """Grad-CAM (h, w) in [0, 1] per finding, cropped to the image's part of the letterbox."""
+    def heatmaps(self, img: torch.Tensor, findings: Sequence[str],
+                 letterboxed: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Grad-CAM (h, w) in [0, 1] per finding, cropped to the image's part of the letterbox.
+        ``letterboxed``: ``letterbox(img, model.image_size)`` as (1, 1, S, S), when the caller has it."""
         from ..data.images import letterbox, letterbox_geometry
         from .gradcam import grad_cams
 
         s = int(self.model.image_size)
-        x = letterbox(img, s).unsqueeze(0)
+        x = letterboxed if letterboxed is not None and tuple(letterboxed.shape) == (1, 1, s, s) \
+            else letterbox(img, s).unsqueeze(0)
         nh, nw, top, left = letterbox_geometry(img.shape[1], img.shape[2], s)
         findings = list(findings)
         maps = grad_cams(self.model, x, [head_direction(self.head, self.findings.index(f)) for f in findings])
         return {f: m[top:top + nh, left:left + nw] for f, m in zip(findings, maps)}
 
-    def masks(self, img: torch.Tensor) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    def masks(self, img: torch.Tensor, shared=None) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """(the working masks or None, why not); ``shared``: the anatomy's U-Net pass over ``img``, when the
+        caller has one (``Anatomy.one_pass``: the served outlines of the same answer use it too)."""
         if self.anatomy is None:
             return None, self.anatomy_note or "no anatomy model is loaded"
         try:
-            return working_masks(self.anatomy, img), None
+            return working_masks(self.anatomy, img, shared), None
         except Exception as e:  # noqa: BLE001 - anatomy never takes the analysis down
             return None, f"the anatomy model failed on this image ({type(e).__name__}: {str(e)[:160]})"
 
@@ -171,17 +176,21 @@ class EvidenceBuilder:
 
     # ---------------------------------------------------------------- the trail
     def collect(self, img: torch.Tensor, emb, probs: Mapping[str, float], view: str | None = None,
-                ctr: Mapping | None = None, neighbours: Sequence[Mapping] = ()) -> tuple[list[dict], dict]:
+                ctr: Mapping | None = None, neighbours: Sequence[Mapping] = (), anatomy_pass=None,
+                letterboxed: torch.Tensor | None = None) -> tuple[list[dict], dict]:
         """(evidence entries in the head's finding order, Grad-CAM maps per finding computed).
 
         ``img`` (1, H, W) in [0, 1]; ``emb`` its (D,) embedding; ``probs`` the head's answer; ``ctr`` the
-        anatomy entry's CTR dict when measured; ``neighbours`` [{id, similarity, report}] nearest first."""
+        anatomy entry's CTR dict when measured; ``neighbours`` [{id, similarity, report}] nearest first.
+        What the caller computed already, so that it is not computed twice: ``anatomy_pass`` the anatomy's
+        U-Net pass over ``img`` (``Anatomy.one_pass``, shared with the anatomy entry), ``letterboxed``
+        ``img`` letterboxed to the model's input (1, 1, S, S)."""
         emb = np.asarray(emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else emb, np.float32).reshape(-1)
         _, height, width = img.shape
         drafted = {f: STATUS_OF_BAND[grade(float(probs[f]), self.thresholds)] for f in self.findings if f in probs}
         stated = [f for f in self.findings if drafted.get(f) in ("present", "uncertain") and f != "No Finding"]
-        maps = self.heatmaps(img, stated) if stated else {}
-        masks, mask_note = self.masks(img) if stated else (None, None)
+        maps = self.heatmaps(img, stated, letterboxed) if stated else {}
+        masks, mask_note = self.masks(img, anatomy_pass) if stated else (None, None)
         concepts = self.concept_links(emb) if stated else []
         near = self.neighbour_sentences(neighbours) if stated and neighbours else []
         if ctr is None and masks is not None and set(stated) & set(CARDIAC):

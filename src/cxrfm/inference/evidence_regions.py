@@ -42,15 +42,24 @@ def heat_peak(heat: np.ndarray | None, height: int, width: int) -> dict | None:
             "value": round(float(heat[py, px]), 3)}
 
 
-def working_masks(anatomy, img: torch.Tensor) -> dict[str, np.ndarray]:
-    """``anatomy.structures`` on a copy of ``img`` whose longest side is at most MASK_SIDE."""
+def working_masks(anatomy, img: torch.Tensor, shared=None) -> dict[str, np.ndarray]:
+    """The anatomy's masks of ``img`` at a working size whose longest side is at most MASK_SIDE.
+
+    From the U-Net pass ``shared`` (``anatomy.one_pass(img)``, the one the served outlines of the same
+    answer use; made here when not given) resized to the working size. An anatomy object without
+    ``one_pass`` (a stand-in with ``structures`` only) is asked for the structures of a downscaled copy."""
     import torch.nn.functional as F
 
+    from .anatomy import working_size
+
     _, h, w = img.shape
-    if max(h, w) > MASK_SIDE:
-        s = MASK_SIDE / max(h, w)
-        img = F.interpolate(img[None].float(), size=(max(8, round(h * s)), max(8, round(w * s))),
-                            mode="bilinear", align_corners=False, antialias=True)[0]
+    size = working_size(h, w, MASK_SIDE)
+    if shared is None and hasattr(anatomy, "one_pass"):
+        shared = anatomy.one_pass(img)
+    if shared is not None:
+        return shared.masks(*size)
+    if size != (h, w):
+        img = F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return {k: np.asarray(v, dtype=bool) for k, v in anatomy.structures(img).items()}
 
 
