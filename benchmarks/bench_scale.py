@@ -7,10 +7,14 @@ Three measurements, each single-threaded (per core) unless stated:
   ``content_hash`` and ``training_texts`` (what every ``cxrfm pretrain`` start pays), with peak RSS.
 * ``curation``: the ``prototype`` curator (CheXficient's per-batch selection) built for ``--rows``
   rows: its warm-up k-means on 10 % of them (one-off per run) and ``select`` on a gathered global batch
-  of ``--batch`` pairs of 512-d embeddings given as torch tensors on ``--device`` (assignment, bands,
-  farthest-point sampling, Sinkhorn EMA), the per-step cost, with the farthest-point sampling's share
-  and its dependent steps (picks one band at a time on the CPU; lockstep steps on a GPU). Embeddings
-  are seeded random unit vectors (the cost does not depend on values).
+  of ``--batch`` pairs of 512-d embeddings (assignment, bands, farthest-point sampling, Sinkhorn EMA),
+  the per-step cost as the training loop pays it, from the scoring output on its device to the flags on
+  the host, along two paths: ``numpy`` (the output copied to the host first: a curator without
+  ``accepts_tensors``, and every run before the loops handed tensors over) and ``tensor`` (``select``
+  on the output where it lies), on the CPU and, when CUDA is available (``--device auto``, the
+  default), on the GPU too; with the farthest-point sampling's share and its dependent steps (picks one
+  band at a time on the CPU; lockstep steps on a GPU), and how many steps give the same flags on every
+  path. Embeddings are seeded random unit vectors (the cost does not depend on values).
 * ``decode``: ``--images`` real radiographs written to shards at 256 px, then the streaming path per
   image: PNG decode + resize to 224 (``decode_sample``), the same from shards written at 224 (decode
   only), the whole stream (tar read, shuffle buffer, decode + resize) in one process, and the source
@@ -19,6 +23,7 @@ Three measurements, each single-threaded (per core) unless stated:
   autocast (on CPU), and parameter + gradient + AdamW bytes: the inputs of the per-rank memory estimate.
 
     python benchmarks/bench_scale.py --rows 1000000 --batch 2048 --images 256 --out scale.json
+    python benchmarks/bench_scale.py --rows 1000000 --batch 2048 --parts curation --out scale.json  # a GPU box
 """
 from __future__ import annotations
 
@@ -79,13 +84,30 @@ def bench_manifest(n: int, seed: int, folder: Path) -> dict:
             "peak_rss_mb_before_load": rss0, "peak_rss_mb_after": peak_rss_mb()}
 
 
-def bench_curation(n: int, batch: int, seed: int, repeats: int = 20, device: str = "cpu") -> dict:
-    from cxrfm.train.curation import CurationContext, build_curator
-    from cxrfm.train.curation import prototype
+def curation_paths(device: str) -> list[tuple[str, str]]:
+    """(device, path) pairs the curation part measures: the loop's numpy path (the scoring output copied to
+    the host, then ``select``) and its tensor path (``select`` on the output where it lies), on the CPU and,
+    with ``--device auto`` when CUDA is available or ``--device cuda``, on the GPU too."""
+    devices = ["cpu"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here; use --device auto (the CPU paths only)")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        devices.append("cuda")
+    elif device not in ("cpu", "auto"):
+        raise SystemExit(f"--device {device!r}: choose auto, cpu or cuda")
+    return [(d, path) for d in devices for path in ("numpy", "tensor")]
+
+
+def bench_curation(n: int, batch: int, seed: int, repeats: int = 20, device: str = "auto") -> dict:
+    """The ``prototype`` warm-up once, then, from the same warmed-up state, ``repeats`` select steps on the
+    same batches along every path of :func:`curation_paths`: as the training loop calls it
+    (``split_embeddings`` of the (B, 2D) scoring output, then ``select_mask``), timed from the output on
+    its device to the flags on the host. Each path starts with one untimed step (the state's move to the
+    device, kernel start-up); the flags of every step are compared with the first path's."""
+    from cxrfm.train.curation import CurationContext, build_curator, prototype, select_mask
+    from cxrfm.train.inputs import split_embeddings
 
     dim = 512
-    dev = torch.device(device)
-    rng = np.random.default_rng(seed)
     embed_s = 0.0
 
     def embed(rows):
@@ -99,53 +121,82 @@ def bench_curation(n: int, batch: int, seed: int, repeats: int = 20, device: str
         embed_s += time.perf_counter() - t
         return a, b
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    cur = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
+    warmed = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
     t, c = time.perf_counter(), time.process_time()
-    cur.begin_epoch(0, embed)
+    warmed.begin_epoch(0, embed)
     warm = time.perf_counter() - t - embed_s
     warm_cpu = time.process_time() - c - embed_s  # (embed's wall time, about its CPU time single-threaded)
+    state = warmed.state_dict()
+    plan = [np.random.default_rng([seed, 1, step]).choice(n, size=batch, replace=False) for step in range(1 + repeats)]
 
     # the farthest-point share of select, and its dependent steps: sum(m) one band at a time (the CPU
     # path), max(m) with every band in lockstep (the GPU path)
-    fps = {"wall": 0.0, "cpu": 0.0, "picks": [], "lockstep_steps": []}
+    fps = {"wall": 0.0, "cpu": 0.0, "picks": [], "lockstep_steps": [], "sync": None}
     real_groups = prototype.farthest_point_groups
 
     def timed_groups(x, groups, lockstep=None):
         w, c = time.perf_counter(), time.process_time()
         out = real_groups(x, groups, lockstep)
-        sync()
+        fps["sync"]()
         fps["wall"] += time.perf_counter() - w
         fps["cpu"] += time.process_time() - c
         fps["picks"].append(sum(m for _, m, _ in groups))
         fps["lockstep_steps"].append(max((m for _, m, _ in groups), default=0))
         return out
 
+    paths, reference = {}, None
     prototype.farthest_point_groups = timed_groups
-    times, cpu, fps_wall, fps_cpu = [], [], [], []
     try:
-        for _ in range(repeats):
-            idx = rng.choice(n, size=batch, replace=False)
-            img, txt = (torch.from_numpy(x).to(dev) for x in embed(idx))  # as the scoring pass leaves them
-            sync()
-            fps["wall"] = fps["cpu"] = 0.0
-            t, c = time.perf_counter(), time.process_time()
-            cur.select(0, idx, img, txt)  # returns the (B,) mask on the host: synchronises
-            times.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-            fps_wall.append(fps["wall"])
-            fps_cpu.append(fps["cpu"])
+        for dev_name, path in curation_paths(device):
+            dev = torch.device(dev_name)
+            sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+            fps.update(sync=sync, picks=[], lockstep_steps=[])
+            cur = build_curator("prototype", context=CurationContext(n=n, budget=0.2, seed=seed))
+            cur.load_state_dict(state)
+            times, cpu, fps_wall, fps_cpu, flags = [], [], [], [], []
+            for step, idx in enumerate(plan):
+                img, txt = embed(idx)
+                z = torch.from_numpy(np.concatenate([img, txt], axis=1)).to(dev)  # as the scoring pass leaves it
+                sync()
+                fps["wall"] = fps["cpu"] = 0.0
+                t, c = time.perf_counter(), time.process_time()
+                keep = select_mask(cur, 0, idx, *split_embeddings(z, dim, tensors=path == "tensor"))  # on the host
+                if step == 0:
+                    continue  # untimed: moves the state to the device, starts the kernels
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+                fps_wall.append(fps["wall"])
+                fps_cpu.append(fps["cpu"])
+                flags.append(keep)
+            reference = reference or (f"{dev_name}/{path}", flags)
+            paths[f"{dev_name}/{path}"] = {
+                "select_ms_median": 1000 * float(np.median(times)),
+                "select_ms_p90": 1000 * float(np.quantile(times, 0.9)),
+                "select_cpu_ms_median": 1000 * float(np.median(cpu)),
+                "fps_ms_median": 1000 * float(np.median(fps_wall)),
+                "fps_cpu_ms_median": 1000 * float(np.median(fps_cpu)),
+                "fps_picks_median": float(np.median(fps["picks"][1:])),
+                "fps_lockstep_steps_median": float(np.median(fps["lockstep_steps"][1:])),
+                "kept_per_step_median": float(np.median([k.sum() for k in flags])),
+                f"steps_with_the_same_flags_as_{reference[0]}": sum(np.array_equal(a, b)
+                                                                    for a, b in zip(flags, reference[1]))}
     finally:
         prototype.farthest_point_groups = real_groups
-    return {"rows": n, "batch": batch, "dim": dim, "device": str(dev), "warmup_rows": int(cur.embedded_rows),
-            "warmup_kmeans_s": warm, "warmup_kmeans_cpu_s": warm_cpu, "select_ms_median": 1000 * float(np.median(times)),
-            "select_ms_p90": 1000 * float(np.quantile(times, 0.9)), "select_cpu_ms_median": 1000 * float(np.median(cpu)),
-            "fps_ms_median": 1000 * float(np.median(fps_wall)), "fps_cpu_ms_median": 1000 * float(np.median(fps_cpu)),
-            "fps_picks_median": float(np.median(fps["picks"])),
-            "fps_lockstep_steps_median": float(np.median(fps["lockstep_steps"]))}
+    main_path = list(paths)[-1]  # the tensor path on the last device: what a run there pays
+    return {"rows": n, "batch": batch, "dim": dim, "steps": repeats, "device": main_path.split("/")[0],
+            "warmup_rows": int(warmed.embedded_rows), "warmup_kmeans_s": warm, "warmup_kmeans_cpu_s": warm_cpu,
+            **paths[main_path], "paths": paths}
+
+
+def print_curation_paths(res: dict) -> None:
+    """One line per path, for reading (the JSON line after it holds the same figures)."""
+    same = next(k for k in next(iter(res["paths"].values())) if k.startswith("steps_with_the_same_flags"))
+    print(f"prototype select, batch {res['batch']} x {2 * res['dim']}-d, N = {res['rows']}, {res['steps']} steps "
+          f"(wall ms; CPU ms of this process):", flush=True)
+    for name, r in res["paths"].items():
+        print(f"  {name:<12} median {r['select_ms_median']:8.2f} ms  p90 {r['select_ms_p90']:8.2f} ms  "
+              f"cpu {r['select_cpu_ms_median']:8.2f} ms  farthest-point {r['fps_ms_median']:7.2f} ms  "
+              f"{same.replace('_', ' ')}: {r[same]}/{res['steps']}", flush=True)
 
 
 def bench_decode(n_images: int, seed: int, folder: Path) -> dict:
@@ -225,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=256, help="real images for the decode measurement")
     ap.add_argument("--parts", default="manifest,curation,decode", help="any of manifest,curation,decode,memory")
     ap.add_argument("--config", default="base-gpu", help="preset for the memory part (default base-gpu)")
-    ap.add_argument("--device", default="cpu",
-                    help="where the curation part's embeddings live and select runs (cpu, or cuda on a GPU)")
+    ap.add_argument("--device", default="auto",
+                    help="curation part: the numpy and tensor paths of select on the CPU, and on the GPU too with "
+                         "auto (the default) when CUDA is available, or cuda; cpu: the CPU only")
+    ap.add_argument("--repeats", type=int, default=20, help="timed select steps per curation path (default 20)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args(argv)
@@ -239,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             if part == "manifest":
                 result[part] = bench_manifest(args.rows, args.seed, tmp)
             elif part == "curation":
-                result[part] = bench_curation(args.rows, args.batch, args.seed, device=args.device)
+                result[part] = bench_curation(args.rows, args.batch, args.seed, args.repeats, device=args.device)
+                print_curation_paths(result[part])
             elif part == "decode":
                 result[part] = bench_decode(args.images, args.seed, tmp)
             elif part == "memory":

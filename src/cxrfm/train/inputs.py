@@ -142,8 +142,9 @@ class PairInputs:
             return self.text_feats[torch.as_tensor(self.text_id[idx], device=self.text_feats.device)]  # (B, H)
         return [self.texts[i] for i in idx]
 
-    def _encode_no_grad(self, indices: np.ndarray, theta: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """(img, txt) L2-normalised float32 numpy of ``indices`` (no grad), counted as selection passes."""
+    def _encode_no_grad(self, indices: np.ndarray, theta: torch.Tensor | None, tensors: bool = False):
+        """(img, txt) L2-normalised float32 of ``indices`` (no grad), counted as selection passes: host numpy,
+        or with ``tensors`` views of the gathered (n, 2D) tensor on the run's device (no host copy)."""
         d = self.model.embed_dim
 
         def both(local):
@@ -152,16 +153,26 @@ class PairInputs:
             return torch.cat([self.model.encode_image(self.images(rows, t)),
                               self.model.encode_text(self.text_input(rows))], dim=1)  # (k, 2D)
 
-        z = self.no_grad_sharded(len(indices), both).cpu().numpy()
+        z = self.no_grad_sharded(len(indices), both)  # (n, 2D) float32 on the run's device
         self.acc.select_image_fwd += len(indices)
         if self.text_feats is None:
             self.acc.select_text_fwd += len(indices)
-        return np.ascontiguousarray(z[:, :d]), np.ascontiguousarray(z[:, d:])
+        return split_embeddings(z, d, tensors)
 
     def embed(self, indices) -> tuple[np.ndarray, np.ndarray]:
-        """The curator's ``embed``: rows -> (img, txt), no augmentation."""
+        """The curator's ``embed``: rows -> (img, txt) numpy, no augmentation."""
         return self._encode_no_grad(np.asarray(indices, dtype=np.int64), None)
 
-    def score(self, gidx: np.ndarray, theta: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """The per-batch scoring pass before ``select``: the batch as it will be trained (augmented)."""
-        return self._encode_no_grad(np.asarray(gidx, dtype=np.int64), theta)
+    def score(self, gidx: np.ndarray, theta: torch.Tensor | None, tensors: bool = False):
+        """The per-batch scoring pass before ``select``: the batch as it will be trained (augmented).
+        ``tensors`` (for a curator that ``accepts_tensors``): (img, txt) stay on the run's device."""
+        return self._encode_no_grad(np.asarray(gidx, dtype=np.int64), theta, tensors)
+
+
+def split_embeddings(z: torch.Tensor, d: int, tensors: bool):
+    """(img, txt) halves of the (n, 2D) scoring-pass output: views of ``z`` on its device with ``tensors``,
+    else C-contiguous host numpy (one device-to-host copy of ``z``)."""
+    if tensors:
+        return z[:, :d], z[:, d:]
+    host = z.cpu().numpy()
+    return np.ascontiguousarray(host[:, :d]), np.ascontiguousarray(host[:, d:])

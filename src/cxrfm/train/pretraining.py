@@ -20,7 +20,7 @@ from ..run import RunDir
 from .accounting import Accounting, epoch_batch_sizes
 from .augment import batch_seed, random_affine
 from .checkpoint import check_run_dir, load_checkpoint, normalise, save_checkpoint, write_run_config
-from .curation import CurationContext, Curator, curator_class
+from .curation import CurationContext, Curator, curator_class, select_mask
 from .distributed import DistContext, any_rank, barrier, gather_with_grad, mean_over_ranks, shard, wrap_ddp
 from .fsdp import FullState, average_replicated_grads, full, shard_model
 from .inputs import PairInputs, training_rows
@@ -150,12 +150,8 @@ class Pretraining:
         gen = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, self.batch_in_epoch))
         theta = random_affine(b, cfg, gen) if cfg.augment else None  # (B, 2, 3), same on every rank
         if self.curator.selects(self.epoch):
-            img, txt = inputs.score(gidx, theta)
-            keep = np.asarray(self.curator.select(self.epoch, gidx.copy(), img, txt), dtype=bool).reshape(-1)
-            if keep.shape != (b,):
-                raise ConfigError(f"--curate {self.curate}: select() returned {keep.shape[0]} flags for a batch "
-                                  f"of {b}; it must return one bool per sample")
-            kept_pos = np.flatnonzero(keep)
+            img, txt = inputs.score(gidx, theta, tensors=self.curator.accepts_tensors)  # on the device if so
+            kept_pos = np.flatnonzero(select_mask(self.curator, self.epoch, gidx.copy(), img, txt))
         else:
             kept_pos = np.arange(b)
         k = len(kept_pos)

@@ -22,8 +22,9 @@ import torch
 from ..data.shards import ShardSet, decode_sample
 from ..errors import ConfigError
 from .augment import batch_seed, random_affine
+from .curation import select_mask
 from .distributed import agree, gather_rows
-from .inputs import PairInputs
+from .inputs import PairInputs, split_embeddings
 from .pretraining import Pretraining
 from .records import new_epoch_stats
 from .shard_stream import ShardStream, epoch_length, stream_loader
@@ -122,13 +123,8 @@ class StreamPretraining(Pretraining):
         theta = random_affine(b, cfg, gen) if cfg.augment else None  # (b, 2, 3), this rank's own
         rows_all = gather_rows(torch.as_tensor(local_rows), ctx).numpy().reshape(ctx.world, b)  # (world, b)
         if self.curator.selects(self.epoch):
-            img, txt = self._score(local_rows, x, theta)
-            keep = np.asarray(self.curator.select(self.epoch, rows_all.reshape(-1).copy(), img, txt),
-                              dtype=bool).reshape(-1)
-            if keep.shape != (b * ctx.world,):
-                raise ConfigError(f"--curate {self.curate}: select() returned {keep.shape[0]} flags for a batch "
-                                  f"of {b * ctx.world}; it must return one bool per sample")
-            keep = keep.reshape(ctx.world, b)
+            img, txt = self._score(local_rows, x, theta, tensors=self.curator.accepts_tensors)
+            keep = select_mask(self.curator, self.epoch, rows_all.reshape(-1).copy(), img, txt).reshape(ctx.world, b)
         else:
             keep = np.ones((ctx.world, b), dtype=bool)
         counts = keep.sum(1).tolist()
@@ -144,8 +140,9 @@ class StreamPretraining(Pretraining):
         rows = np.concatenate([rows_all[r][keep[r]] for r in range(ctx.world)])
         return self.optimise(images, inputs.text_input(local_rows[mine]), counts, rows, lr, b * ctx.world)
 
-    def _score(self, local_rows: np.ndarray, x: torch.Tensor, theta) -> tuple[np.ndarray, np.ndarray]:
-        """(img, txt) of the global batch, no grad, L2-normalised numpy: local pass, then gathered."""
+    def _score(self, local_rows: np.ndarray, x: torch.Tensor, theta, tensors: bool = False):
+        """(img, txt) of the global batch, no grad, L2-normalised: local pass, then gathered; host numpy, or
+        with ``tensors`` views of the gathered tensor on the run's device (no host copy)."""
         model, inputs = self.model, self.inputs
         was_training = model.training
         model.eval()
@@ -153,9 +150,8 @@ class StreamPretraining(Pretraining):
             z = torch.cat([model.encode_image(inputs.place(x, theta)),
                            model.encode_text(inputs.text_input(local_rows))], dim=1).float()  # (b, 2D)
         model.train(was_training)
-        z = gather_rows(z, self.ctx).cpu().numpy()  # (world * b, 2D)
+        z = gather_rows(z, self.ctx)  # (world * b, 2D) on the run's device
         self.acc.select_image_fwd += len(z)
         if inputs.text_feats is None:
             self.acc.select_text_fwd += len(z)
-        d = model.embed_dim
-        return np.ascontiguousarray(z[:, :d]), np.ascontiguousarray(z[:, d:])
+        return split_embeddings(z, model.embed_dim, tensors)

@@ -11,7 +11,8 @@ the embeddings' device) in :mod:`.torch_ops`.
 """
 from __future__ import annotations
 
-from .base import EMBED_CHUNK, CurationContext, Curator, EmbedFn, check_budget, embed_rows, target_count
+from .base import (EMBED_CHUNK, CurationContext, Curator, EmbedFn, check_budget, embed_rows, host_array, select_mask,
+                   target_count)
 from .geometry import (allocate_power, farthest_point_sampling, kmeans_centroids, kmeans_plus_plus_labels,
                        normalise, sinkhorn_knopp, typical_first, water_fill)
 from .registry import CURATORS, build_curator, curator_class, list_curators, register_curator
@@ -22,6 +23,6 @@ from .balanced import WITHIN, BalancedCurator, embed_texts_minilm  # noqa: E402
 
 __all__ = ["CURATORS", "EMBED_CHUNK", "WITHIN", "BalancedCurator", "CurationContext", "Curator", "EmbedFn",
            "PrototypeCurator", "RandomCurator", "allocate_power", "build_curator", "check_budget",
-           "curator_class", "embed_rows", "embed_texts_minilm", "farthest_point_sampling", "kmeans_centroids",
-           "kmeans_plus_plus_labels", "list_curators", "normalise", "register_curator", "sinkhorn_knopp",
-           "target_count", "typical_first", "water_fill"]
+           "curator_class", "embed_rows", "embed_texts_minilm", "farthest_point_sampling", "host_array",
+           "kmeans_centroids", "kmeans_plus_plus_labels", "list_curators", "normalise", "register_curator",
+           "select_mask", "sinkhorn_knopp", "target_count", "typical_first", "water_fill"]

@@ -8,10 +8,13 @@ The training loop (:mod:`cxrfm.train.loop`) drives a :class:`Curator` like this,
     rows = curator.epoch_rows(epoch)           # np.ndarray of row indices to iterate (loop shuffles)
     for batch in rows:
         if curator.selects(epoch):             # only then does the loop pay a scoring pass
-            keep = curator.select(epoch, idx, img, txt)   # bool (B,) numpy: which samples get a loss;
-                                               # img/txt (B, D) numpy or torch tensors on any device
+            keep = select_mask(curator, epoch, idx, img, txt)   # bool (B,) numpy: which samples get a loss
     curator.end_epoch(epoch)
 
+:func:`select_mask` is the loops' one call of ``select``. ``img``/``txt`` are the scoring pass's (B, D)
+L2-normalised float32 embeddings: torch tensors on the run's device (a GPU in a GPU run) for a curator
+whose ``accepts_tensors`` is True, host numpy arrays otherwise (the loop then copies them to the host,
+once). ``select`` returns (B,) bools as numpy or as a bool tensor on any device; the loop takes both.
 ``select`` may return an all-False mask (nothing of that batch is worth a step): the loop then skips
 the backward pass for that batch. ``state_dict()`` / ``load_state_dict()`` must round-trip through
 JSON + numpy arrays (arrays only as top-level values, saved with safetensors) so that ``--resume``
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ...errors import ConfigError
 
@@ -80,9 +84,15 @@ class Curator:
     A subclass that overrides ``select`` must also declare ``selects`` (when ``select`` needs the
     batch's embeddings): the loop asks ``selects`` before paying a scoring pass, and a forgotten
     declaration would silently never call ``select``, so defining the class fails instead.
+
+    ``accepts_tensors``: whether ``select`` takes ``img``/``txt`` as torch tensors on any device (and
+    computes there, as ``prototype`` does) rather than host numpy arrays. This class's ``select`` never
+    looks at them, so it is True here; a subclass that overrides ``select`` gets False (the numpy
+    contract) unless it declares ``accepts_tensors = True`` itself, in the class that overrides it.
     """
 
     name = "none"
+    accepts_tensors = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -90,6 +100,11 @@ class Curator:
                                                   if k is not Curator):
             raise TypeError(f"{cls.__name__} overrides select() but not selects(epoch); declare in which "
                             f"epochs select() looks at embeddings (return True to always score)")
+        if "select" in cls.__dict__ and "accepts_tensors" not in cls.__dict__:
+            cls.accepts_tensors = False  # an inherited True was about another select()
+        if not isinstance(cls.accepts_tensors, bool):
+            raise TypeError(f"{cls.__name__}.accepts_tensors = {cls.accepts_tensors!r}: declare True (select() "
+                            f"takes torch tensors on any device) or False (host numpy arrays)")
 
     def __init__(self, context: CurationContext, **options):
         if not isinstance(context, CurationContext):
@@ -115,10 +130,11 @@ class Curator:
         scoring pass and trains on every pair of the batch."""
         return False
 
-    def select(self, epoch: int, idx: np.ndarray, img: np.ndarray, txt: np.ndarray) -> np.ndarray:
-        """Which samples of a batch get a loss (bool (B,) numpy). ``img``/``txt`` are detached, normalised,
-        numpy or torch tensors (a curator that computes on them should do so on their device, as
-        ``prototype`` does, rather than copy them to the host)."""
+    def select(self, epoch: int, idx: np.ndarray, img, txt):
+        """Which samples of a batch get a loss: (B,) bools, numpy or a bool tensor on any device.
+        ``img``/``txt`` (B, D) are detached and L2-normalised: host numpy arrays, or torch tensors on the
+        run's device when the class declares ``accepts_tensors`` (it should then compute on that device,
+        as ``prototype`` does, rather than copy them to the host)."""
         return np.ones(len(idx), dtype=bool)
 
     def end_epoch(self, epoch: int) -> None:
@@ -142,6 +158,31 @@ class Curator:
         kept = self.kept_rows()
         return {"curator": self.name, "budget": self.budget, "n_kept": int(len(kept)), "n_total": self.n,
                 "achieved_fraction": round(len(kept) / self.n, 6)}
+
+
+def host_array(x) -> np.ndarray:
+    """``x`` as a C-contiguous host numpy array (a tensor on any device is detached and copied once)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x)
+
+
+def select_mask(curator: Curator, epoch: int, idx: np.ndarray, img, txt) -> np.ndarray:
+    """The training loops' one call of ``curator.select``: (B,) bool numpy, one flag per row of ``idx``.
+
+    ``img``/``txt`` go in as given (tensors on the run's device) when the curator ``accepts_tensors``, as
+    host numpy arrays otherwise; the flags may come back as numpy or as a bool tensor on any device.
+    """
+    if not curator.accepts_tensors:
+        img, txt = host_array(img), host_array(txt)
+    keep = curator.select(epoch, idx, img, txt)
+    if isinstance(keep, torch.Tensor):
+        keep = keep.detach().cpu().numpy()
+    keep = np.asarray(keep, dtype=bool).reshape(-1)
+    if keep.shape != (len(idx),):
+        raise ConfigError(f"--curate {curator.name}: select() returned {keep.shape[0]} flags for a batch of "
+                          f"{len(idx)}; it must return one bool per sample")
+    return keep
 
 
 def target_count(n: int, budget: float) -> int:

@@ -55,6 +55,7 @@ class PrototypeCurator(Curator):
     """
 
     name = "prototype"
+    accepts_tensors = True  # select() computes on the device of the batch's embeddings
 
     def __init__(self, context: CurationContext, *, num_prototypes: int = 8,
                  warmup_fraction: float = 0.1, curation_epochs: int = 1, ema_decay: float = 0.9,
@@ -154,7 +155,8 @@ class PrototypeCurator(Curator):
     def select(self, epoch: int, idx, img, txt) -> np.ndarray:
         """Which samples of the gathered batch get a loss (bool (B,) numpy).
 
-        ``img`` / ``txt`` (B, D) may be numpy or torch tensors on any device: the geometry runs there
+        ``img`` / ``txt`` (B, D) may be numpy or torch tensors on any device (``accepts_tensors``: the loops
+        hand over the scoring pass's tensors where it left them): the geometry runs there
         (:mod:`.torch_ops`), and only the (B,) cluster ids and bands, and the picks, come to the host.
         """
         idx = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
