@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cxrfm demo --out runs/demo
 
+# the demo on autoencoder latents (docs/latents.md): a small autoencoder, pretraining on its latents, reconstructions
+.PHONY: demo-latents
+demo-latents: $(STAMP)
+	$(BIN)/cxrfm demo --latents --out runs/demo-latents
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 

@@ -51,7 +51,10 @@ def test_task_contract(task, context):
     json.dumps(_jsonable(result), allow_nan=False)  # results.json can hold it
     if "skipped" in result:
         assert isinstance(result["skipped"], str) and result["skipped"].strip()
-        assert not _builtin(task), f"built-in task {task.name} skipped on the contract data: {result['skipped']}"
+        # a built-in task for other image towers (reconstruction: latent runs) skips on this pixel run; its own
+        # tests run it on one (tests/test_latents_report.py)
+        assert not _builtin(task) or not task.applies_to(context.model), \
+            f"built-in task {task.name} skipped on the contract data: {result['skipped']}"
     else:
         assert set(task.result_keys) <= set(result)
     lines = task.console_lines(result)

@@ -153,17 +153,26 @@ def _add_demo(sub):
                        description="The main job on the bundled sample: ingest, data summary, training texts labeled "
                                    "back, patient split, tiny-cpu pretraining with prototype curation at a 20%% "
                                    "budget, `eval --tasks all` on the held-out patients, report.html. Re-running "
-                                   "with the same --out resumes (a finished run is not trained again).")
+                                   "with the same --out resumes (a finished run is not trained again). With "
+                                   "--latents the pretraining runs on autoencoder latents instead (docs/latents.md).")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the tiny-cpu preset's)")
     p.add_argument("--tasks", default="all", help="evaluation tasks (default all)")
+    from ..demo import DEMO_AE as a
+
+    p.add_argument("--latents", action="store_true",
+                   help=f"latent compression: train a small autoencoder on the training part ({a['factor']}x per "
+                        f"side, {a['channels']} channels, width {a['width']}, {a['steps']} steps; OUT/ae), pretrain "
+                        "on its 8-bit latents instead of pixels "
+                        "(OUT/run-latents) and evaluate with the reconstruction task added: PSNR, MS-SSIM and the "
+                        "best / median / worst reconstructions in OUT/eval-latents/report.html")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
     from ..demo import run_demo
 
-    return run_demo(args.out, epochs=args.epochs, tasks=args.tasks)
+    return run_demo(args.out, epochs=args.epochs, tasks=args.tasks, latents=args.latents)
 
 
 COMMANDS = (_add_ingest, _add_prepare, _add_label, _add_split, _add_summary, _add_demo,)

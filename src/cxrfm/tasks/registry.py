@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "cxrfm.tasks.zero_shot", "cxrfm.tasks.retrieval", "cxrfm.tasks.probe", "cxrfm.tasks.segmentation",
     "cxrfm.tasks.report", "cxrfm.tasks.ood", "cxrfm.tasks.shortcut",
-    "cxrfm.tasks.prevalence", "cxrfm.tasks.concepts", "cxrfm.tasks.anatomy",
+    "cxrfm.tasks.prevalence", "cxrfm.tasks.concepts", "cxrfm.tasks.anatomy", "cxrfm.tasks.reconstruction",
 )
 # What a task may declare in ``needs``; the suite skips a task, with this reason, when no row has it.
 DATA_NEEDS: dict[str, str] = {
@@ -55,7 +55,9 @@ class Task:
     ``console(result) -> list[str]`` gives the headline lines printed after ``cxrfm eval``;
     ``html(result, assets) -> str`` gives the body of its report section (``assets`` embeds figure
     files, see :mod:`cxrfm.reporting.assets`). ``default`` tasks run when ``--tasks`` is not given;
-    ``order`` places the task in the console table and the report.
+    ``order`` places the task in the console table and the report. ``towers`` (empty: every model) names
+    the image towers the task is for; ``--tasks all`` leaves it out for a model with another tower (the
+    ``reconstruction`` task needs a ``latent`` run's autoencoder), and asked for by name it skips itself.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Task:
     default: bool = False
     order: int = 100
     summary: str = ""
+    towers: tuple[str, ...] = ()
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -98,6 +101,12 @@ class Task:
         """The HTML body of this task's report section ('' when the task declares none)."""
         hook = self._hook("html")
         return hook(result, assets) if hook is not None else ""
+
+    def applies_to(self, model) -> bool:
+        """Whether the task is for ``model``'s image tower (always, when it names no ``towers``)."""
+        if not self.towers:
+            return True
+        return getattr(getattr(model, "config", None), "image_tower", None) in self.towers
 
     def missing_data(self, manifest) -> str | None:
         """The reason this task cannot run on ``manifest`` (the first unmet need), or None."""

@@ -158,6 +158,11 @@ def _parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _asks_all(tasks: str | Sequence[str] | None) -> bool:
+    names = tasks.split(",") if isinstance(tasks, str) else (tasks or [])
+    return [t.strip() for t in names if t.strip()] == ["all"]
+
+
 def run_task(task, context: EvalContext) -> tuple[dict, float]:
     """(result, seconds) of one task: skipped with the reason when its data need is unmet or it raises
     TaskSkipped; a result lacking a declared key raises TaskResultError (a bug in that task)."""
@@ -212,6 +217,8 @@ def evaluate(
         model = load_model(run_dir)
     else:
         model = model_or_run
+    if _asks_all(tasks):  # tasks for other image towers (e.g. reconstruction on a pixel run) are left out
+        names = [n for n in names if get_task(n).applies_to(model)]
     manifest = Manifest.load(data) if isinstance(data, (str, Path)) else data
     if len(manifest) == 0:
         where = manifest.path or "the manifest"
