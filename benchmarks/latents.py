@@ -176,6 +176,42 @@ def save_curve(pixel: dict, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def throughput_only(dev, args, overrides) -> int:
+    """Median training pairs/s of fresh pixel and latent runs, alternated so that load drifts hit both arms."""
+    import shutil
+
+    from cxrfm import pretrain
+    from cxrfm.train.compress import pretrain_on_latents
+
+    common = dict(config=args.config, curate="none", budget=1.0, epochs=args.throughput_epochs, seed=args.seed,
+                  resume=False, overrides=overrides, progress=False, cache_dir=args.cache_dir)
+    arms = {"pixel": None}
+    for spec in args.settings:
+        f, c = (int(v) for v in spec.lower().split("x"))
+        arms[f"{f}x{c}"] = args.out / "ae" / f"f{f}c{c}"
+    rates: dict[str, list[float]] = {k: [] for k in arms}
+    for rep in range(args.throughput_repeats):
+        for name, ae_dir in arms.items():
+            run = args.out / "throughput" / f"{name}-{rep}"
+            shutil.rmtree(run, ignore_errors=True)
+            if ae_dir is None:
+                pretrain(dev, run, **common)
+            else:
+                pretrain_on_latents(dev, run, ae_dir, **common)
+            rates[name].append(pairs_per_s(run))
+            print(f"{name:<6} repeat {rep}: {rates[name][-1]:.0f} pairs/s", flush=True)
+    base = float(np.median(rates["pixel"]))
+    out = {k: {"pairs_per_s": v, "median": float(np.median(v)), "ratio": float(np.median(v)) / base}
+           for k, v in rates.items()}
+    with open(args.out / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"throughput_only": out, "load_avg": os.getloadavg(),
+                             "args": {k: str(v) for k, v in vars(args).items()}}) + "\n")
+    for k, v in out.items():
+        print(f"{k:<6} median {v['median']:.0f} pairs/s  ratio {v['ratio']:.2f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
@@ -195,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ae-steps", type=int, default=2000)
     p.add_argument("--ae-width", type=int, default=32)
     p.add_argument("--ae-batch", type=int, default=16)
+    p.add_argument("--ae-lr", type=float, default=1e-3,
+                   help="AE learning rate (default 1e-3: the command's 2e-4 leaves a few-hundred-step AE blurry)")
     p.add_argument("--size", type=int, default=128, help="pixel side of AEs and both arms (default 128)")
     p.add_argument("--align", action="store_true", help="stage 2: align each AE to the pixel run's image encoder")
     p.add_argument("--tasks", nargs="+", default=["zeroshot", "probe"])
@@ -206,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="smoke test on the bundled sample: 64 px, 8-wide AEs of 10 steps, a 2-stage tower, 1 epoch, "
                         "settings 4x1 and 8x4 (numbers mean nothing)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--throughput-only", action="store_true",
+                   help="only the training-throughput ratio, measured again on a quiet machine: fresh pixel and latent "
+                        "runs of --throughput-epochs, alternated --throughput-repeats times (the settings' AEs must "
+                        "exist); no evaluation")
+    p.add_argument("--throughput-epochs", type=int, default=2)
+    p.add_argument("--throughput-repeats", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     overrides = {"train.log_every": 2}
@@ -230,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("shared data not found: set CXRFM_DATA (or use --quick)")
         dev, evalm = parts
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.throughput_only:
+        return throughput_only(dev, args, overrides)
     common = dict(config=args.config, curate="none", budget=1.0, epochs=args.epochs, seed=args.seed, resume=True,
                   overrides=overrides, progress=args.progress, cache_dir=args.cache_dir)
     t0 = time.perf_counter()
@@ -246,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         f, c = (int(v) for v in spec.lower().split("x"))
         ae_dir = args.out / "ae" / f"f{f}c{c}"
         train_autoencoder(dev, ae_dir, factor=f, channels=c, width=args.ae_width, size=args.size,
-                          steps=args.ae_steps, batch_size=args.ae_batch, seed=args.seed, resume=True,
+                          steps=args.ae_steps, batch_size=args.ae_batch, lr=args.ae_lr, seed=args.seed, resume=True,
                           progress=args.progress, cache_dir=args.cache_dir,
                           align_model=pixel_run if args.align else None)
         ae, _ = load_autoencoder(ae_dir)
