@@ -124,3 +124,70 @@ def test_bad_settings_and_inputs_are_named():
     bad[3, 1] = np.nan
     with pytest.raises(S.ConceptsError, match="NaN"):
         S.train_sae(bad, S.SAEConfig(sizes=(8,), k=2, batch_size=64))
+
+
+def low_rank(n: int, d: int = 64, rank: int = 4, seed: int = 0) -> np.ndarray:
+    """Clustered embeddings on a few directions of a wide space, like the tiny model's (docs/concepts.md)."""
+    basis = np.linalg.qr(np.random.default_rng(7).normal(size=(d, rank)))[0].T  # (rank, D)
+    r = np.random.default_rng(seed)
+    centres = np.random.default_rng(8).normal(size=(3, rank)) * 2
+    z = centres[r.integers(0, 3, n)] + r.normal(size=(n, rank))
+    return (z @ basis + 0.01 * r.normal(size=(n, d))).astype(np.float32)
+
+
+def test_firing_rate_floor_raises_a_silent_feature_until_it_is_selected():
+    x = torch.from_numpy(low_rank(256))
+    sae = S.MatryoshkaSAE(x.shape[1], S.SAEConfig(sizes=(8, 32), k=4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.mean.copy_(x.mean(dim=0))
+        sae.scale.copy_((x - sae.mean).norm(dim=1).mean())
+        z0 = (x[0] - sae.mean) / sae.scale
+        sae.W_enc[:, 5] = z0 / z0.norm()  # aligned with input 0 ...
+        sae.b_enc[5] = -1.5  # ... but never selected
+    xb = x[:64]
+    assert not bool((sae.encode(x, batch_topk=True)[:, 5] > 0).any())
+    before = sae.b_enc.detach().clone()
+    assert S.raise_rare_biases(sae, sae.encode(xb, batch_topk=True), 0.0) == 0  # floor off: nothing moves
+    assert torch.equal(sae.b_enc, before)
+    codes = sae.encode(xb, batch_topk=True)
+    low = (codes > 0).float().mean(dim=0) < 0.02
+    assert bool(low[5]) and not bool(low.all())
+    S.raise_rare_biases(sae, codes, 0.02)  # only the features under the floor move, by one step
+    assert torch.allclose(sae.b_enc - before, low.float() * S.BALANCE_STEP, atol=1e-6)
+    for _ in range(5000):
+        codes = sae.encode(xb, batch_topk=True)
+        if bool((codes[:, 5] > 0).any()):
+            break
+        S.raise_rare_biases(sae, codes, 0.02)
+    assert bool((codes[:, 5] > 0).any()), "the floor never brought feature 5 into the batch top-k"
+
+
+def test_feature_r2_loss_is_the_drop_from_removing_each_feature(trained):
+    sae, _, x = trained
+    held = planted(300, seed=2)
+    codes, recon = S.reconstruct(sae, held)
+    loss = S.feature_r2_loss(sae, held, codes, recon)
+    r2 = S.explained_variance(held, recon)
+    for f in (0, 7, int(np.argmax((codes > 0).sum(axis=0)))):
+        ablated = codes.copy()
+        ablated[:, f] = 0
+        with torch.no_grad():
+            direct = r2 - S.explained_variance(held, sae.decode(torch.from_numpy(ablated)).numpy())
+        assert loss[f] == pytest.approx(direct, abs=1e-6)
+    m = S.evaluate_sae(sae, held)
+    dead = (codes.max(axis=0) <= 0).mean()
+    assert m["negligible_fraction"] >= dead and m["rare_fraction"] >= dead
+    assert m["negligible_fraction"] == pytest.approx(float((loss < S.NEGLIGIBLE_R2).mean()))
+
+
+def test_folders_from_before_the_floor_load_as_trained_without_it(tmp_path, trained):
+    sae, _, _ = trained
+    S.save_sae(sae, tmp_path, {})
+    info = json.loads((tmp_path / S.SAE_JSON).read_text())
+    for key in ("min_rate", "dead_rows", "k_aux"):
+        del info["config"][key]
+    (tmp_path / S.SAE_JSON).write_text(json.dumps(info))
+    back, _ = S.load_sae(tmp_path)
+    assert back.config.min_rate == 0.0 and back.config.dead_rows == 0
+    with pytest.raises(ConfigError, match="min_rate"):
+        S.SAEConfig(min_rate=1.5).check()

@@ -74,6 +74,8 @@ def test_the_task_writes_the_contract_keys_and_a_report_section(concepts_result)
     res, out = concepts_result
     r = res["tasks"]["concepts"]
     assert 0.5 < r["r2"] <= 1 and 0 <= r["dead_fraction"] <= 1
+    assert 0 <= r["dead_fraction_train"] <= 1 and r["dead_fraction"] <= r["rare_fraction"] <= 1
+    assert r["dead_fraction"] <= r["negligible_fraction"] <= 1
     assert r["measured_on"].endswith("(held-out patients)") and r["split"]["n_eval"] > 0
     assert r["bottleneck"], "no finding had enough labels for the bottleneck probe"
     for b in r["bottleneck"].values():

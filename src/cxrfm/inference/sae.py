@@ -10,7 +10,17 @@ Follows SAIL's recipe for medical image embeddings and the papers it builds on:
   the loss sums the reconstruction error of each prefix of the dictionary (e.g. the first 32, 128, 512
   features), so the first features carry the coarse concepts and later ones refine them;
 - dead-feature revival (resampling, Bricken et al., "Towards Monosemanticity", 2023): after each epoch a
-  feature that fired on no training input is re-initialised towards the inputs reconstructed worst.
+  feature that fired on no training input is re-initialised towards the inputs reconstructed worst, and the
+  AuxK loss (Gao et al. 2024) trains the features silent for ``dead_rows`` training rows on the residual;
+- a firing-rate floor (homeostatic threshold adaptation, Foldiak 1990, "Forming sparse representations by
+  local anti-Hebbian learning"; the same idea as the bias-based load balancing of mixture-of-experts
+  routers): after each batch, the encoder bias of every feature that fired on fewer than ``min_rate`` of
+  the batch's rows is raised by :data:`BALANCE_STEP`, so it is selected, gets gradient and finds a use.
+  After revival stops the learning rate falls linearly to 0 (``settle_decay``), so in the last epochs the
+  floor outweighs Adam's steps. Without the two, on embeddings with few directions
+  (docs/concepts.md) features revived late fire on 0-6 of 1,250 training rows (they fit a few badly
+  reconstructed inputs) and on none of the held-out rows: dead there. With them, features kept above the
+  floor may still contribute little: :func:`evaluate_sae` reports that share (``negligible_fraction``).
 
 Embeddings are centred and scaled by statistics of the training embeddings (stored with the weights), so
 one learning rate suits any model. Training is seeded (each epoch's shuffle comes from ``seed`` and the
@@ -37,7 +47,7 @@ STATE_DIR = "state"
 FORMAT = "cxrfm-matryoshka-sae/1"
 THRESHOLD_MOMENTUM = 0.99
 AUX_WEIGHT = 1 / 32  # AuxK's weight in Gao et al. 2024
-DEAD_AFTER = 1  # a feature silent for this many epochs' worth of batches counts as dead for AuxK  # running mean of the batch top-k cut-off (BatchTopK's inference threshold)
+BALANCE_STEP = 1e-3  # encoder-bias raise per batch for a feature under the firing-rate floor (scaled units)
 
 
 class ConceptsError(CxrfmError):
@@ -57,6 +67,12 @@ class SAEConfig:
     lr: float = 1e-3
     seed: int = 0
     revive_until: float = 0.75  # revive dead features during this fraction of the epochs, then let them settle
+    # firing-rate floor: a feature selected for fewer than this share of a batch's rows has its encoder bias
+    # raised by BALANCE_STEP (0 = off, the behaviour before; chosen on validation rows, docs/concepts.md)
+    min_rate: float = 0.02
+    settle_decay: bool = True  # after revival stops, the learning rate falls linearly to 0 (False: constant)
+    dead_rows: int = 0  # AuxK counts a feature dead after this many training rows without firing (0: one epoch)
+    k_aux: int = 0  # AuxK's number of dead features per input (0: 2k; Gao et al. use d_in / 2)
     # numbers the caller stores with the concepts, e.g. which embeddings they were trained on
     notes: dict = field(default_factory=dict, compare=False)
 
@@ -71,6 +87,9 @@ class SAEConfig:
         if not 0 < int(self.k) <= sizes[-1]:
             raise ConfigError(f"SAE k={self.k} must be between 1 and the dictionary size {sizes[-1]}: a dictionary "
                               f"smaller than k cannot be sparse; raise --sizes or lower --k")
+        if not 0 <= self.min_rate < 1 or self.dead_rows < 0 or self.k_aux < 0:
+            raise ConfigError(f"SAE min_rate ({self.min_rate}) must be in [0, 1), dead_rows ({self.dead_rows}) and "
+                              f"k_aux ({self.k_aux}) >= 0")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
             raise ConfigError(f"SAE epochs ({self.epochs}), batch_size ({self.batch_size}) and lr ({self.lr}) must be "
                               f">= 1, >= 2 and > 0")
@@ -143,10 +162,11 @@ class MatryoshkaSAE(torch.nn.Module):
         if dead is not None and bool(dead.any()):
             resid = (z - recon).detach()  # (B, D): what the full dictionary missed
             pre = self.pre_activations(x)[:, dead]  # (B, n_dead)
-            k_aux = min(int(pre.shape[1]), 2 * self.config.k)
+            k_aux = min(int(pre.shape[1]), self.config.k_aux or 2 * self.config.k)
             top = torch.topk(pre, k_aux, dim=1)
             aux = torch.zeros_like(pre).scatter_(1, top.indices, top.values) @ self.W_dec[dead]  # (B, D)
-            loss = loss + AUX_WEIGHT * ((resid - aux) ** 2).sum(dim=1).mean() / (resid ** 2).sum(dim=1).mean().clamp_min(1e-12)
+            loss = loss + AUX_WEIGHT * ((resid - aux) ** 2).sum(dim=1).mean() / \
+                (resid ** 2).sum(dim=1).mean().clamp_min(1e-12)
         return loss
 
     @torch.no_grad()
@@ -181,14 +201,38 @@ def reconstruct(sae: MatryoshkaSAE, x: np.ndarray, batch_size: int = 4096) -> tu
     return torch.cat(codes).numpy(), torch.cat(recon).numpy()
 
 
+NEGLIGIBLE_R2 = 1e-4  # a feature whose removal lowers R² by less than this does not matter to the reconstruction
+RARE_RATE = 0.01  # a feature firing on fewer than this share of the rows counts as rare
+
+
+def feature_r2_loss(sae: MatryoshkaSAE, x: np.ndarray, codes: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """(M,) how much R² on ``x`` drops when each feature alone is removed from the codes (0 for a dead one)."""
+    x64, c = np.asarray(x, dtype=np.float64), np.asarray(codes, dtype=np.float64)
+    sst = float(((x64 - x64.mean(axis=0)) ** 2).sum())
+    if not sst > 0:
+        return np.zeros(c.shape[1])
+    resid = x64 - np.asarray(recon, dtype=np.float64)  # (N, D)
+    w = sae.W_dec.detach().double().numpy() * float(sae.scale)  # (M, D): a unit code's change in x
+    # ||r + c_f w_f||^2 - ||r||^2, summed over rows, for every f at once
+    return (2 * (c * (resid @ w.T)).sum(axis=0) + (c ** 2).sum(axis=0) * (w ** 2).sum(axis=1)) / sst
+
+
 def evaluate_sae(sae: MatryoshkaSAE, x: np.ndarray) -> dict:
-    """R², dead fraction (features that fire on none of ``x``), mean active features, R² per nested size."""
+    """R², dead fraction (features that fire on none of ``x``), mean active features, R² per nested size, and
+    two second looks at the dictionary: ``rare_fraction`` (features firing on under 1 % of ``x``, dead ones
+    included) and ``negligible_fraction`` (features whose removal lowers R² on ``x`` by under 1e-4, dead ones
+    included): a feature may fire and still do nothing."""
     codes, recon = reconstruct(sae, x)
     with torch.no_grad():
         nested = {str(m): explained_variance(x, sae.decode(torch.as_tensor(codes), upto=m).numpy())
                   for m in sae.config.sizes}
-    return {"r2": explained_variance(x, recon), "dead_fraction": float((codes.max(axis=0) <= 0).mean()),
-            "mean_active": float((codes > 0).sum(axis=1).mean()), "r2_nested": nested, "n": int(len(x))}
+    rate = (codes > 0).mean(axis=0) if len(codes) else np.zeros(codes.shape[1])
+    loss = feature_r2_loss(sae, x, codes, recon)
+    return {"r2": explained_variance(x, recon), "dead_fraction": float((codes.max(axis=0, initial=0) <= 0).mean()),
+            "rare_fraction": float((rate < RARE_RATE).mean()),
+            "negligible_fraction": float((loss < NEGLIGIBLE_R2).mean()),
+            "mean_active": float((codes > 0).sum(axis=1).mean()) if len(codes) else 0.0, "r2_nested": nested,
+            "n": int(len(x))}
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -229,6 +273,26 @@ def revive_dead(sae: MatryoshkaSAE, optimizer: torch.optim.Optimizer, fired: tor
     return int(len(dead))
 
 
+def epoch_lr(config: SAEConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): constant while features are revived, then, with ``settle_decay``,
+    falling linearly towards 0 over the remaining epochs (the firing-rate floor then outweighs Adam's steps)."""
+    if not config.settle_decay:
+        return float(config.lr)
+    settle = max(1.0, (1 - config.revive_until) * config.epochs)
+    return float(config.lr) * min(1.0, (config.epochs - epoch) / settle)
+
+
+@torch.no_grad()
+def raise_rare_biases(sae: MatryoshkaSAE, codes: torch.Tensor, min_rate: float) -> int:
+    """The firing-rate floor: raise by :data:`BALANCE_STEP` the encoder bias of each feature selected for fewer
+    than ``min_rate`` of the batch's rows (``codes`` (B, M)); returns how many were raised."""
+    if min_rate <= 0:
+        return 0
+    low = (codes > 0).float().mean(dim=0) < min_rate
+    sae.b_enc.add_(low.float() * BALANCE_STEP)
+    return int(low.sum())
+
+
 def train_sae(x: np.ndarray, config: SAEConfig | None = None, state_dir: str | Path | None = None,
               progress: Callable[[int, dict], None] | None = None) -> tuple[MatryoshkaSAE, dict]:
     """Train on embeddings ``x`` (N, D); returns (sae, history).
@@ -251,20 +315,23 @@ def train_sae(x: np.ndarray, config: SAEConfig | None = None, state_dir: str | P
     data_hash = embeddings_hash(x)
     history: dict = {"epochs": [], "revived": [], "data_hash": data_hash, "resumed_from": None}
     start = 0
-    silent = torch.zeros(config.n_features, dtype=torch.long)  # batches since each feature last fired
+    silent = torch.zeros(config.n_features, dtype=torch.long)  # training rows since each feature last fired
     if state_dir is not None:
         start = _load_state(Path(state_dir), sae, opt, config, data_hash, history, silent)
     n, bs = len(xt), config.batch_size
     for epoch in range(start, config.epochs):
+        for group in opt.param_groups:
+            group["lr"] = epoch_lr(config, epoch)
         g = _epoch_generator(config.seed, epoch)
         order = torch.randperm(n, generator=g)
         fired = torch.zeros(config.n_features, dtype=torch.bool)
         total = 0.0
         steps_per_epoch = max(1, (n - bs // 2 + 1 + bs - 1) // bs)
+        window = config.dead_rows or steps_per_epoch * bs  # rows without firing after which AuxK calls it dead
         for i in range(0, n - bs // 2 + 1, bs):  # a last batch under half size is dropped (its top-k is noisy)
             xb = xt[order[i:i + bs]]
             codes = sae.encode(xb, batch_topk=True)
-            loss = sae.nested_loss(xb, codes, dead=silent >= DEAD_AFTER * steps_per_epoch)
+            loss = sae.nested_loss(xb, codes, dead=silent >= window)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -278,7 +345,8 @@ def train_sae(x: np.ndarray, config: SAEConfig | None = None, state_dir: str | P
                                         + (1 - THRESHOLD_MOMENTUM) * cut)
                 now = (codes > 0).any(dim=0)
                 fired |= now
-                silent = torch.where(now, torch.zeros_like(silent), silent + 1)
+                silent = torch.where(now, torch.zeros_like(silent), silent + len(xb))
+                raise_rare_biases(sae, codes, config.min_rate)
             total += float(loss.detach()) * len(xb)
         revived = 0
         if epoch + 1 < config.epochs and epoch + 1 <= config.revive_until * config.epochs:
@@ -388,6 +456,9 @@ def load_sae(folder: str | Path, run_weights_sha256: str | None = None) -> tuple
             f"concepts for this run with `cxrfm concepts train --model RUN`")
     cfg = dict(info["config"])
     cfg["sizes"] = tuple(cfg["sizes"])
+    # folders from before the firing-rate floor and the settling decay were trained without them
+    cfg.setdefault("min_rate", 0.0)
+    cfg.setdefault("settle_decay", False)
     sae = MatryoshkaSAE(int(info["d_in"]), SAEConfig(**cfg))
     try:
         sae.load_state_dict(load_file(str(Path(folder) / SAE_WEIGHTS)))

@@ -5,6 +5,9 @@ seeded patient split). The SAE is trained on the training rows' embeddings (or l
 folder given as ``context.concepts``, refused when it comes from another run) and then:
 
 - reconstruction R² and the dead fraction on the evaluation rows (other patients): ``r2``, ``dead_fraction``;
+  beside it, second looks at the dictionary: ``dead_fraction_train`` (features that fire on none of the
+  training rows), ``rare_fraction`` (under 1 % of the evaluation rows) and ``negligible_fraction`` (features
+  whose removal lowers the evaluation R² by under 1e-4: firing is not the same as mattering);
 - a concept bottleneck per finding, 10 features against the dense probe on the same split, within
   source where possible: ``bottleneck.<finding>.{auroc, dense_auroc}``;
 - RaVL-like shortcut suspects on the evaluation rows: features that predict a nuisance attribute
@@ -153,7 +156,7 @@ def run(context: "EvalContext") -> dict:
     eval_m = context.manifest.subset(split.eval_rows)
     emb_tr, emb_te = _train_embeddings(context, split), context.image_embeddings(split.eval_rows)
     concepts, how = _concepts(context, train_m, emb_tr, emb_te)
-    metrics = evaluate_sae(concepts.sae, emb_te)
+    metrics, metrics_train = evaluate_sae(concepts.sae, emb_te), evaluate_sae(concepts.sae, emb_tr)
     codes_tr, codes_te = concepts.encode(emb_tr), concepts.encode(emb_te)
     bottleneck = _bottleneck(context, concepts, train_m, eval_m, emb_tr, emb_te, codes_tr, codes_te)
     errors = _zero_shot_errors(context, eval_m, emb_te)
@@ -163,6 +166,8 @@ def run(context: "EvalContext") -> dict:
     ratios = [r["ratio"] for r in bottleneck.values() if r.get("ratio") is not None]
     return {
         "r2": metrics["r2"], "dead_fraction": metrics["dead_fraction"], "mean_active": metrics["mean_active"],
+        "dead_fraction_train": metrics_train["dead_fraction"], "rare_fraction": metrics["rare_fraction"],
+        "negligible_fraction": metrics["negligible_fraction"],
         "r2_nested": metrics["r2_nested"], "measured_on": f"{len(emb_te)} evaluation rows (held-out patients)",
         "sae": {"how": how, "config": concepts.sae.config.to_json(), "n_features": concepts.sae.config.n_features},
         "bottleneck": bottleneck, "bottleneck_k": BOTTLENECK_K,
