@@ -67,8 +67,11 @@ def main(argv=None) -> int:
     emb = embed_manifest(load_model(a.model), manifest, cache_dir=a.cache_dir)
     tr, ev = emb[parts == "train"], emb[parts == a.part]
     seeds = [int(s) for s in a.seeds.split(",")]
+    var = np.linalg.eigvalsh(np.cov(tr.T, dtype=np.float64))[::-1]
+    share = np.cumsum(var) / var.sum()
     print(f"model {a.model}; train {len(tr)} rows, {a.part} {len(ev)} rows; seeds {seeds}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; principal components holding 95 % / 99 % of the "
+          f"training embeddings' variance: {int(np.searchsorted(share, 0.95)) + 1} / {int(np.searchsorted(share, 0.99)) + 1}")
     for text in a.set or [""]:
         over = parse_variant(text)
         rows, t0 = [], time.time()
