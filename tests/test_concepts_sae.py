@@ -1,6 +1,7 @@
 """The Matryoshka batch-top-k SAE: sparsity, the inference threshold, revival, seeding, resume, files, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -160,6 +161,17 @@ def test_firing_rate_floor_raises_a_silent_feature_until_it_is_selected():
             break
         S.raise_rare_biases(sae, codes, 0.02)
     assert bool((codes[:, 5] > 0).any()), "the floor never brought feature 5 into the batch top-k"
+
+
+def test_floor_and_settling_decay_leave_no_feature_dead_on_held_out_low_rank_rows():
+    x, held = low_rank(1000), low_rank(400, seed=1)
+    cfg = S.SAEConfig(sizes=(8, 32), k=8, epochs=30, batch_size=64, lr=1e-3, seed=0)
+    assert cfg.min_rate == 0.02 and cfg.settle_decay  # the defaults this test is about
+    sae, _ = S.train_sae(x, cfg)
+    m = S.evaluate_sae(sae, held)
+    assert m["dead_fraction"] == 0.0 and m["rare_fraction"] < 0.05 and m["r2"] > 0.95, m
+    assert S.epoch_lr(cfg, 0) == cfg.lr and S.epoch_lr(cfg, cfg.epochs - 1) < 0.2 * cfg.lr
+    assert S.epoch_lr(dataclasses.replace(cfg, settle_decay=False), cfg.epochs - 1) == cfg.lr
 
 
 def test_feature_r2_loss_is_the_drop_from_removing_each_feature(trained):
