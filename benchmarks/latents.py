@@ -99,25 +99,6 @@ def evaluate_run(run: Path, evalm, args, images=None) -> dict:
 
 
 @torch.no_grad()
-def save_examples(ae, pixels: torch.Tensor, path: Path) -> dict:
-    """Best / median / worst eval reconstruction by PSNR: original | decoded | 4 x |difference|, one PNG row each."""
-    from PIL import Image
-
-    from cxrfm.data.latent_cache import dequantise, quantise
-    from cxrfm.models.autoencoder import psnr
-
-    rec = ae.decode(dequantise(quantise(ae.encode(pixels)))).clamp(0, 1)
-    score = psnr(rec, pixels)
-    order = torch.argsort(score, descending=True)
-    picks = {"best": int(order[0]), "median": int(order[len(order) // 2]), "worst": int(order[-1])}
-    rows = [torch.cat([pixels[i, 0], rec[i, 0], (4 * (rec[i, 0] - pixels[i, 0]).abs()).clamp(0, 1)], dim=1)
-            for i in picks.values()]
-    img = (torch.cat(rows, dim=0) * 255).round().to(torch.uint8).numpy()
-    Image.fromarray(img).save(path)
-    return {k: {"row": i, "psnr": float(score[i])} for k, i in picks.items()}
-
-
-@torch.no_grad()
 def lung_dice(evalm, pixels, ae=None, limit: int = 128) -> dict | None:
     """Mean Dice of the shipped anatomy U-Net's lungs (left | right) against the manifest's lung masks, on the
     eval images with a mask (the first ``limit``), at the benchmark's pixel size; with ``ae``, on the images
@@ -264,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrfm.data.splits import train_eval_split
     from cxrfm.models.autoencoder import load_autoencoder
     from cxrfm.paths import SAMPLE_DIR
+    from cxrfm.tasks.reconstruction import save_examples  # the eval task's figure: the same layout
     from cxrfm.train.compress import pretrain_on_latents, reconstruction_scores, train_autoencoder
 
     if args.quick:
