@@ -54,11 +54,11 @@ class DecodedImages:
 
     @torch.no_grad()
     def batch(self, indices) -> torch.Tensor:
-        from cxrfm.data.latent_cache import dequantise, quantise
+        from cxrfm.data.latent_cache import round_trip
         from cxrfm.models.image import resize_to
 
         x = resize_to(self.pixels.batch(indices), self.ae.config.image_size)
-        rec = self.ae.decode(dequantise(quantise(self.ae.encode(x)))).clamp(0, 1)
+        rec = round_trip(self.ae, x)
         return resize_to(rec, self.size)
 
 
@@ -106,7 +106,7 @@ def lung_dice(evalm, pixels, ae=None, limit: int = 128) -> dict | None:
     import torch.nn.functional as F
 
     from cxrfm.data.anatomy import read_mask
-    from cxrfm.data.latent_cache import dequantise, quantise
+    from cxrfm.data.latent_cache import round_trip
     from cxrfm.inference.anatomy import Anatomy
 
     rows = [i for i, m in enumerate(evalm.mask_paths()) if m is not None and m.is_file()][:limit]
@@ -119,7 +119,7 @@ def lung_dice(evalm, pixels, ae=None, limit: int = 128) -> dict | None:
         return None
     x = pixels.batch(np.asarray(rows))
     if ae is not None:
-        x = ae.decode(dequantise(quantise(ae.encode(x)))).clamp(0, 1)
+        x = round_trip(ae, x)
     paths = evalm.mask_paths()
     scores = []
     for j, i in enumerate(rows):

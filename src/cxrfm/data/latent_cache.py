@@ -54,6 +54,14 @@ def dequantise(q: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).mul_(2 * RANGE / 255.0).sub_(RANGE)
 
 
+def round_trip(ae, pixels: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, S, S) pixels in [0, 1] -> ``ae``'s reconstruction from the 8-bit codes this cache stores (encode,
+    quantise, dequantise, decode), clamped to [0, 1]: what a latent run's images look like decoded.
+    ``latents``: ``ae.encode(pixels)`` when the caller has it already (the encoder then does not run again)."""
+    z = ae.encode(pixels) if latents is None else latents
+    return ae.decode(dequantise(quantise(z)).to(pixels.device)).clamp(0, 1)
+
+
 def _sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 

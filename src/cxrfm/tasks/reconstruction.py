@@ -45,13 +45,6 @@ DEFAULT_SETTINGS = ReconstructionSettings()  # what `cxrfm eval --tasks reconstr
 
 # ---------------------------------------------------------------- shared with benchmarks/latents.py
 @torch.no_grad()
-def reconstruct(ae: "Autoencoder", pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 1, S, S) pixels in [0, 1] -> their reconstruction after encode -> 8-bit latents -> decode, in [0, 1]."""
-    from ..data.latent_cache import dequantise, quantise
-
-    return ae.decode(dequantise(quantise(ae.encode(pixels))).to(pixels.device)).clamp(0, 1)
-
-
 def pick_examples(scores: torch.Tensor | np.ndarray) -> dict[str, int]:
     """Positions of the best, median and worst score (PSNR: higher is better)."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -81,9 +74,10 @@ def write_png(img: np.ndarray, path: str | Path) -> Path:
 def save_examples(ae: "Autoencoder", pixels: torch.Tensor, path: str | Path) -> dict:
     """Best / median / worst of ``pixels`` by PSNR after reconstruction, drawn into ``path`` as one PNG row each
     (original | decoded | 4 x |difference|); returns ``{name: {"row", "psnr"}}`` (rows of ``pixels``)."""
+    from ..data.latent_cache import round_trip
     from ..models.autoencoder import psnr
 
-    rec = reconstruct(ae, pixels)
+    rec = round_trip(ae, pixels)
     score = psnr(rec, pixels)
     picks = pick_examples(score.cpu().numpy())
     idx = list(picks.values())
@@ -142,7 +136,7 @@ def _device(model) -> torch.device:
 
 def run(context: "EvalContext", settings: ReconstructionSettings | None = None) -> dict:
     """The ``reconstruction`` task of the evaluation suite; ``settings`` None: :data:`DEFAULT_SETTINGS`."""
-    from ..data.latent_cache import RANGE
+    from ..data.latent_cache import RANGE, round_trip
     from ..metrics import bootstrap_mean_ci
     from ..models.autoencoder import AutoencoderError, check_side, ms_ssim, psnr
     from .embed import open_image_cache
@@ -170,7 +164,7 @@ def run(context: "EvalContext", settings: ReconstructionSettings | None = None) 
             x = context.images.batch(rows[start:start + int(settings.batch_size)]).to(dev)
             z = ae.encode(x)
             clipped += int((z.abs() > RANGE).sum())
-            rec = reconstruct(ae, x)
+            rec = round_trip(ae, x, z)
             ps.append(psnr(rec, x).cpu())
             ms.append(ms_ssim(rec, x).cpu())
     p, s = torch.cat(ps).double().numpy(), torch.cat(ms).double().numpy()
@@ -186,7 +180,7 @@ def run(context: "EvalContext", settings: ReconstructionSettings | None = None) 
     figure = None
     if context.out_dir is not None:
         x = context.images.batch(rows[list(picks.values())]).to(dev)
-        figure = str(write_png(example_strip(x, reconstruct(ae, x)), Path(context.out_dir) / FIGURE_FILE))
+        figure = str(write_png(example_strip(x, round_trip(ae, x)), Path(context.out_dir) / FIGURE_FILE))
     c, f = ae.config.channels, ae.config.factor
     return {"psnr": {**summary(p), "unit": "dB"}, "ms_ssim": summary(s), "n": int(len(rows)), "n_rows": int(n_all),
             "factor": int(f), "channels": int(c), "storage_ratio": float(size * size / (c * side * side)),

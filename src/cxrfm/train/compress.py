@@ -55,12 +55,12 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_scores(ae: Autoencoder, pixels: torch.Tensor, batch: int = 32) -> dict:
     """Mean PSNR (dB) and MS-SSIM of ``pixels`` (B, 1, S, S) after encode -> 8-bit latents -> decode."""
-    from ..data.latent_cache import dequantise, quantise
+    from ..data.latent_cache import round_trip
 
     ps, ms = [], []
     for i in range(0, len(pixels), batch):
         x = pixels[i:i + batch]
-        rec = ae.decode(dequantise(quantise(ae.encode(x))).to(x.device)).clamp(0, 1)
+        rec = round_trip(ae, x)
         ps.append(psnr(rec, x))
         ms.append(ms_ssim(rec, x))
     return {"psnr": float(torch.cat(ps).mean()), "ms_ssim": float(torch.cat(ms).mean()), "n": len(pixels)}
