@@ -91,14 +91,15 @@ def mask_to_input(mask: np.ndarray, size: int) -> torch.Tensor:
     return to_input(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None], size)
 
 
-def from_input(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Undo the letterbox: (C, size, size) -> (C, height, width), bilinear."""
+def from_input(prob: torch.Tensor, height: int, width: int, source: tuple[int, int] | None = None) -> torch.Tensor:
+    """Undo the letterbox: (C, size, size) -> (C, height, width), bilinear. ``source``: the (H, W) of the image
+    that was letterboxed, when (height, width) is another size of it (a downscaled working size, same aspect)."""
     import torch.nn.functional as F
 
     from .images import letterbox_geometry
 
     size = int(prob.shape[-1])
-    new_h, new_w, top, left = letterbox_geometry(height, width, size)
+    new_h, new_w, top, left = letterbox_geometry(*(source or (height, width)), size)
     crop = prob[:, top:top + new_h, left:left + new_w]
     return F.interpolate(crop[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
 

@@ -213,13 +213,8 @@ class AnatomyPass:
     def probabilities(self, height: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
         """(height, width) probability per structure (default: the image's own size; give a downscaled copy's
         size, same aspect, to get that copy's masks without running the U-Net on it)."""
-        from ..data.images import letterbox_geometry
-
-        p = self.probability_map()
-        new_h, new_w, top, left = letterbox_geometry(self.height, self.width, int(p.shape[-1]))
-        crop = p[:, top:top + new_h, left:left + new_w]  # the image's part, placed as the image was
-        size = (int(height or self.height), int(width or self.width))
-        full = torch.nn.functional.interpolate(crop[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        full = from_input(self.probability_map(), int(height or self.height), int(width or self.width),
+                          source=(self.height, self.width))
         return {s: full[j] for j, s in enumerate(self.anatomy.structures_names)}
 
     def masks(self, height: int | None = None, width: int | None = None) -> dict[str, np.ndarray]:
