@@ -171,6 +171,16 @@ def working_size(height: int, width: int, side: int) -> tuple[int, int]:
     return max(8, round(height * s)), max(8, round(width * s))
 
 
+def downscale(img: torch.Tensor, side: int) -> torch.Tensor:
+    """(1, H, W) -> a copy at :func:`working_size` (bilinear, antialiased); ``img`` itself when it fits."""
+    _, h, w = img.shape
+    size = working_size(h, w, side)
+    if size == (h, w):
+        return img
+    return torch.nn.functional.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False,
+                                           antialias=True)[0]
+
+
 class AnatomyPass:
     """One U-Net pass over one (1, H, W) image, shared by every caller that needs its masks at some size.
 
@@ -260,4 +270,4 @@ class Anatomy:
 
 
 __all__ = ["Anatomy", "AnatomyPass", "CTR", "FewShot", "FewShotError", "MaskError", "cardiothoracic_ratio",
-           "check_supports", "segment", "view_refusal", "working_size"]
+           "check_supports", "downscale", "segment", "view_refusal", "working_size"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CxrfmError
-from .anatomy import ENLARGED, FRONTAL_VIEWS, LATERAL_VIEWS, working_size
+from .anatomy import ENLARGED, FRONTAL_VIEWS, LATERAL_VIEWS, downscale, working_size
 
 ANATOMY_SIDE = 1024  # longest side the masks are computed at; larger images are measured on a downscaled copy
 MAX_POINTS = 300  # outline points per structure after simplification (all its polygons together)
@@ -140,7 +140,7 @@ def measure(anatomy, img: torch.Tensor, view: str | None, shared=None) -> dict:
         masks = shared.masks(h, w)
         ctr = anatomy.ctr(masks, view)
     else:
-        work = _downscale(img, ANATOMY_SIDE)
+        work = downscale(img, ANATOMY_SIDE)
         _, h, w = work.shape
         masks, ctr = anatomy.measure(work, view=view)
     sy, sx = h0 / h, w0 / w
@@ -150,16 +150,6 @@ def measure(anatomy, img: torch.Tensor, view: str | None, shared=None) -> dict:
     return {"view": view, "image_size": {"height": int(h0), "width": int(w0)},
             "working_size": {"height": int(h), "width": int(w)}, "structures": structures, "ctr": c,
             "summary": ctr_summary(c)}
-
-
-def _downscale(img: torch.Tensor, side: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    _, h, w = img.shape
-    if max(h, w) <= side:
-        return img
-    size = working_size(h, w, side)
-    return F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def scale_ctr(c: dict, sy: float, sx: float) -> dict:

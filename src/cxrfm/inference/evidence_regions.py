@@ -48,18 +48,13 @@ def working_masks(anatomy, img: torch.Tensor, shared=None) -> dict[str, np.ndarr
     From the U-Net pass ``shared`` (``anatomy.one_pass(img)``, the one the served outlines of the same
     answer use; made here when not given) resized to the working size. An anatomy object without
     ``one_pass`` (a stand-in with ``structures`` only) is asked for the structures of a downscaled copy."""
-    import torch.nn.functional as F
+    from .anatomy import downscale, working_size
 
-    from .anatomy import working_size
-
-    _, h, w = img.shape
-    size = working_size(h, w, MASK_SIDE)
     if shared is None and hasattr(anatomy, "one_pass"):
         shared = anatomy.one_pass(img)
     if shared is not None:
-        return shared.masks(*size)
-    if size != (h, w):
-        img = F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return shared.masks(*working_size(*img.shape[-2:], MASK_SIDE))
+    img = downscale(img, MASK_SIDE)
     return {k: np.asarray(v, dtype=bool) for k, v in anatomy.structures(img).items()}
 
 
