@@ -161,81 +161,126 @@ def dedup_probe(pool, config: str, overrides: dict, n: int, seed: int) -> None:
               f"{(pair > np.percentile(nearest_other, 95)).mean():.2f}")
 
 
+def run_seed(args, seed: int, folder: Path, arms: list[dict], overrides: dict) -> dict:
+    """Build seed's planted pool under ``folder`` and run every arm on it; {arm tag: kept fractions}."""
+    from cxrfm import RunDir, pretrain, shared_data_dir
+
+    t0 = time.perf_counter()
+    pool = build_pool(shared_data_dir() / "cxr" / "manifest.csv", folder, args.copies, args.noise, seed)
+    pl = pool.table["planted"].fillna("")
+    print(f"seed {seed} pool: {len(pool)} pairs = {int((pl == '').sum())} clean + {int(pl.str.contains('copy').sum())} "
+          f"near-copies of {PEDIATRIC} images + {int(pl.str.contains('noise').sum())} mismatched "
+          f"(built in {time.perf_counter() - t0:.0f} s under {folder})", flush=True)
+    if args.dedup_probe:
+        dedup_probe(pool, args.config, overrides, args.dedup_probe, seed)
+    results = {}
+    for arm in arms:
+        t0 = time.perf_counter()
+        run = pretrain(pool, folder / "runs" / arm["tag"].replace(":", "_"), config=args.config,
+                       curate=arm["curate"], budget=arm["budget"], epochs=args.epochs, seed=seed,
+                       resume=True, overrides=overrides, curator_kwargs=arm["kwargs"], progress=args.progress,
+                       cache_dir=folder / "cache")
+        cur = RunDir(run).read_curation()
+        results[arm["tag"]] = {**kept_fractions(set(cur["kept_ids"]), pool.table),
+                               "compute_fraction": cur.get("compute_fraction"),
+                               "wall_s": time.perf_counter() - t0}
+        print(f"  {arm['tag']}: done in {results[arm['tag']]['wall_s']:.0f} s", flush=True)
+    return results
+
+
+def print_seed(results: dict, args, seed: int, overrides: dict) -> None:
+    ref = results["random@" + f"{args.budget:g}"]
+    print()
+    print(f"fraction of planted pairs kept at budget {args.budget:g} ({args.config} {overrides}, "
+          f"{args.epochs} epochs, seed {seed}); ratio = curator / random in this run")
+    print("(mismatched/clean: how a curator treats a mismatched pair against a clean one, 1 = blind to it;"
+          " the ratio to random alone is confounded by how many copies a curator thins)")
+    print(f"{'curator':<26} {'data':>6} {'compute':>8} {'copies kept':>12} {'ratio':>6} {'mismatched kept':>16} "
+          f"{'ratio':>6} {'clean kept':>11} {'mismatched/clean':>17} {'ped. groups >=2':>16}")
+    for tag, r in results.items():
+        print(f"{tag:<26} {r['data_fraction']:>6.3f} {r['compute_fraction'] or float('nan'):>8.3f} "
+              f"{r['copies_kept']:>12.3f} {r['copies_kept'] / max(ref['copies_kept'], 1e-9):>6.2f} "
+              f"{r['noise_kept']:>16.3f} {r['noise_kept'] / max(ref['noise_kept'], 1e-9):>6.2f} "
+              f"{r['clean_kept']:>11.3f} {r['noise_kept'] / max(r['clean_kept'], 1e-9):>17.2f} "
+              f"{r['pediatric_groups_with_2plus']:>16.3f}")
+    print()
+    print("within each source: mismatched kept / other pairs kept (1 = blind to the mismatch); n mismatched")
+    for tag, r in results.items():
+        print(f"{tag:<26} " + "  ".join(
+            f"{src}: {v['mismatched_kept']:.3f}/{v['others_kept']:.3f} (n={v['n_mismatched']})"
+            for src, v in r["per_source"].items()))
+
+
+def print_seeds(per_seed: dict[int, dict], budget: float) -> None:
+    """Over seeds: each arm's kept fractions and its ratios to random in the same seed, mean ± sd."""
+    ref = f"random@{budget:g}"
+    tags = list(next(iter(per_seed.values())))
+
+    def ms(v):
+        return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+    print(f"\nover {len(per_seed)} seeds ({', '.join(map(str, sorted(per_seed)))}): mean ± sd; ratio = curator / "
+          f"random of the same seed; goal (issue 11): ratios <= 0.5")
+    print(f"{'curator':<44} {'copies kept':>14} {'ratio':>14} {'mismatched kept':>16} {'ratio':>14} "
+          f"{'ped. mismatched/others':>23}")
+    for tag in tags:
+        rs = [per_seed[s][tag] for s in sorted(per_seed)]
+        refs = [per_seed[s][ref] for s in sorted(per_seed)]
+        ped = [r["per_source"].get(PEDIATRIC) for r in rs]
+        ped = [p["mismatched_kept"] / max(p["others_kept"], 1e-9) for p in ped if p]
+        print(f"{tag:<44} {ms([r['copies_kept'] for r in rs]):>14} "
+              f"{ms([r['copies_kept'] / max(f['copies_kept'], 1e-9) for r, f in zip(rs, refs)]):>14} "
+              f"{ms([r['noise_kept'] for r in rs]):>16} "
+              f"{ms([r['noise_kept'] / max(f['noise_kept'], 1e-9) for r, f in zip(rs, refs)]):>14} "
+              f"{ms(ped) if ped else '-':>23}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arms", nargs="+", default=["random", "prototype", "balanced"],
                    help="curators, name[:key=value,...] (random is always run as the reference)")
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed: it plants the pool and seeds the runs")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds --seed .. --seed+N-1, each with its own planted pool (default 1); with N > 1 a table "
+                        "over seeds follows the per-seed tables")
     p.add_argument("--copies", type=int, default=3)
     p.add_argument("--noise", type=float, default=0.10)
     p.add_argument("--config", default="tiny-cpu")
     p.add_argument("--override", action="append", default=["image_size=64"],
                    help="config override key=value (default image_size=64)")
-    p.add_argument("--out", type=Path, default=None, help="keep the pool and runs here (default: a temp folder)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep the pools and runs here (OUT/seedS; re-running resumes; default: a temp folder)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--dedup-probe", type=int, default=300, metavar="N",
                    help="also compare copy-original cosines with nearest-other cosines on N copies (0: skip)")
     args = p.parse_args(argv)
 
-    from cxrfm import RunDir, pretrain, shared_data_dir
+    from cxrfm import shared_data_dir
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from data_efficiency import parse_arm, parse_overrides
 
-    data = shared_data_dir()
-    if data is None:
+    if shared_data_dir() is None:
         print("curation_function: shared data not found; set CXRFM_DATA", file=sys.stderr)
         return 2
     arms = [parse_arm(a, args.budget) for a in (["random"] + [a for a in args.arms if a != "random"])]
     overrides = parse_overrides(args.override)
-    folder = args.out or Path(tempfile.mkdtemp(prefix="cxrfm_curation_function_"))
-    folder.mkdir(parents=True, exist_ok=True)
+    root = args.out or Path(tempfile.mkdtemp(prefix="cxrfm_curation_function_"))
+    root.mkdir(parents=True, exist_ok=True)
+    per_seed = {}
     try:
-        t0 = time.perf_counter()
-        pool = build_pool(data / "cxr" / "manifest.csv", folder, args.copies, args.noise, args.seed)
-        pl = pool.table["planted"].fillna("")
-        print(f"pool: {len(pool)} pairs = {int((pl == '').sum())} clean + {int(pl.str.contains('copy').sum())} "
-              f"near-copies of {PEDIATRIC} images + {int(pl.str.contains('noise').sum())} mismatched "
-              f"(built in {time.perf_counter() - t0:.0f} s under {folder})", flush=True)
-        if args.dedup_probe:
-            dedup_probe(pool, args.config, overrides, args.dedup_probe, args.seed)
-        results = {}
-        for arm in arms:
-            t0 = time.perf_counter()
-            run = pretrain(pool, folder / "runs" / arm["tag"].replace(":", "_"), config=args.config,
-                           curate=arm["curate"], budget=arm["budget"], epochs=args.epochs, seed=args.seed,
-                           resume=True, overrides=overrides, curator_kwargs=arm["kwargs"], progress=args.progress,
-                           cache_dir=folder / "cache")
-            cur = RunDir(run).read_curation()
-            results[arm["tag"]] = {**kept_fractions(set(cur["kept_ids"]), pool.table),
-                                   "compute_fraction": cur.get("compute_fraction"),
-                                   "wall_s": time.perf_counter() - t0}
-            print(f"  {arm['tag']}: done in {results[arm['tag']]['wall_s']:.0f} s", flush=True)
-        ref = results[arms[0]["tag"]]
-        print()
-        print(f"fraction of planted pairs kept at budget {args.budget:g} ({args.config} {overrides}, "
-              f"{args.epochs} epochs, seed {args.seed}); ratio = curator / random in this run")
-        print("(mismatched/clean: how a curator treats a mismatched pair against a clean one, 1 = blind to it;"
-              " the ratio to random alone is confounded by how many copies a curator thins)")
-        print(f"{'curator':<26} {'data':>6} {'compute':>8} {'copies kept':>12} {'ratio':>6} {'mismatched kept':>16} "
-              f"{'ratio':>6} {'clean kept':>11} {'mismatched/clean':>17} {'ped. groups >=2':>16}")
-        for tag, r in results.items():
-            print(f"{tag:<26} {r['data_fraction']:>6.3f} {r['compute_fraction'] or float('nan'):>8.3f} "
-                  f"{r['copies_kept']:>12.3f} {r['copies_kept'] / max(ref['copies_kept'], 1e-9):>6.2f} "
-                  f"{r['noise_kept']:>16.3f} {r['noise_kept'] / max(ref['noise_kept'], 1e-9):>6.2f} "
-                  f"{r['clean_kept']:>11.3f} {r['noise_kept'] / max(r['clean_kept'], 1e-9):>17.2f} "
-                  f"{r['pediatric_groups_with_2plus']:>16.3f}")
-        print()
-        print("within each source: mismatched kept / other pairs kept (1 = blind to the mismatch); n mismatched")
-        for tag, r in results.items():
-            print(f"{tag:<26} " + "  ".join(
-                f"{src}: {v['mismatched_kept']:.3f}/{v['others_kept']:.3f} (n={v['n_mismatched']})"
-                for src, v in r["per_source"].items()))
+        for seed in range(args.seed, args.seed + args.seeds):
+            folder = root if args.seeds == 1 else root / f"seed{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            per_seed[seed] = run_seed(args, seed, folder, arms, overrides)
+            print_seed(per_seed[seed], args, seed, overrides)
+        if len(per_seed) > 1:
+            print_seeds(per_seed, args.budget)
     finally:
         if args.out is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

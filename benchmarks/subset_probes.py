@@ -80,13 +80,8 @@ def thumbnails(manifest, size: int = 128, side: int = 16) -> np.ndarray:
     from cxrfm import ImageCache
 
     cache = ImageCache.build(manifest, size=size, progress=False)
-    out = np.empty((len(cache), side * side), dtype=np.float32)
-    f = size // side
-    for start in range(0, len(cache), 256):
-        a = np.asarray(cache.array[start:start + 256], dtype=np.float32)  # (b, S, S)
-        t = a.reshape(len(a), side, f, side, f).mean(axis=(2, 4)).reshape(len(a), -1)
-        out[start:start + len(a)] = (t - t.mean(1, keepdims=True)) / (t.std(1, keepdims=True) + 1e-6)
-    return curation.normalise(out)
+    return np.concatenate([curation.thumbnail_features(cache.array[start:start + 256], side)
+                           for start in range(0, len(cache), 256)])
 
 
 class _PixelTypicality(curation.BalancedCurator):

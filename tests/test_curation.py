@@ -210,3 +210,30 @@ def test_water_fill_caps_small_clusters_and_sums_to_budget():
     assert np.array_equal(water_fill(np.array([5, 5]), 100, 0.5), [5, 5])
     prop = water_fill(np.array([600, 300, 100]), 100, alpha=1.0)
     assert np.array_equal(prop, [60, 30, 10])
+
+
+def test_balanced_thumbnail_dedup_thins_planted_near_copies_more_than_random():
+    """dedup_space='thumbnail': near-copies of an image (a few grey levels of noise) are found on the
+    16x16 thumbnails the loop hands over, without any image embedding pass."""
+    from cxrfm.train.curation import thumbnail_features
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(120, 32, 32)).astype(np.float32)
+    copies = np.clip(base[:60] + rng.normal(0, 4, size=(60, 32, 32)), 0, 255)  # one near-copy of the first 60
+    images = np.concatenate([base, copies]).astype(np.uint8)
+    is_copy = np.arange(len(images)) >= 120
+    thumbs = thumbnail_features(images)
+    texts = ["same report"] * len(images)
+    cur = build_curator("balanced", n=len(images), budget=0.5, seed=0, texts=texts,
+                        text_features=lambda: np.ones((len(images), 4), np.float32),
+                        thumbnails=lambda: thumbs, dedup_threshold=0.9, dedup_space="thumbnail", within="random")
+    cur.begin_epoch(0, lambda idx: (_ for _ in ()).throw(AssertionError("no image embedding pass expected")))
+    kept = np.isin(np.arange(len(images)), cur.kept_rows())
+    # each copy group (original + copy) keeps one member: a random half would keep both in a quarter of them
+    both = kept[:60] & kept[120:]
+    assert both.sum() == 0
+    assert cur.summary()["near_duplicates"] >= 55 and cur.summary()["dedup_space"] == "thumbnail"
+    assert abs(kept.mean() - 0.5) <= 0.01
+    assert kept[is_copy].mean() < 0.5
+    with pytest.raises(ConfigError, match="dedup_space"):
+        build_curator("balanced", n=10, budget=0.5, dedup_space="pixels")

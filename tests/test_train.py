@@ -444,3 +444,18 @@ def test_config_refuses_wrong_types_and_non_finite_numbers(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("tiny-cpu", override)
     assert load_config("tiny-cpu", {"lr": 1, "checkpoint_every_s": 30})[1].lr == 1  # an int is a float here
+
+
+def test_balanced_thumbnail_dedup_reads_the_loops_image_cache(tmp_path, cxr_manifest_path, cache_dir):
+    """dedup_space='thumbnail' in a real run: thumbnails from the loop's image cache, no image tower pass."""
+    m = Manifest.load(cxr_manifest_path)
+    m = m.subset(list(range(0, len(m), 24)))
+    run = pretrain(m, tmp_path / "run", config="tiny-cpu", curate="balanced", budget=0.5, epochs=1, seed=0,
+                   overrides={"image_size": 32}, progress=False, cache_dir=cache_dir,
+                   curator_kwargs={"dedup_threshold": 0.5, "dedup_space": "thumbnail"})
+    cur = json.loads((run / "curation.json").read_text())
+    s = cur["summary"]
+    assert s["dedup_space"] == "thumbnail" and s["embedded_rows"] == 0
+    assert s["near_duplicates"] > 0  # a low threshold merges some of the 86 films
+    assert cur["passes"]["select_image_fwd"] == 0
+    assert abs(cur["data_fraction"] - 0.5) <= 0.02

@@ -1,7 +1,8 @@
 """The main job on the bundled sample (``make demo`` / ``cxrfm demo``).
 
 ingest (validate the sample manifest) -> data summary -> training texts (pseudo-reports where a row has
-no report), labeled back -> patient split -> pretrain ``tiny-cpu`` with prototype curation (the image
+no report), labeled back -> patient split -> pretrain ``tiny-cpu`` with the default curation of
+``cxrfm pretrain`` (``balanced`` at a 20 % budget, its epochs from the default compute budget; the image
 cache is built on the way) -> ``eval --tasks all`` on the held-out patients -> headline table and
 report.html.
 Every step writes under OUT, so a finished step's files stay even if a later one fails.
@@ -59,11 +60,13 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all", latents: 
     texts_csv = write_table(pd.DataFrame({"image": manifest.ids, "report": texts}), out / "data" / "texts.csv")
     print(label_table_file(texts_csv, out / "data" / "texts_labeled.csv", progress=True))
 
-    what = "on the latents of a small autoencoder" if latents else "with prototype curation (budget 0.2)"
+    what = ("on the latents of a small autoencoder" if latents
+            else "with the default curation (balanced, budget 0.2, compute budget 0.3)")
     t = _step(f"4/5 pretrain tiny-cpu {what} on a patient-disjoint 75% part")
     from .data.splits import train_eval_split
     from .run import RunDir
     from .train.loop import pretrain
+    from .train.schedule import DEFAULT_COMPUTE_BUDGET
 
     train_part, eval_part = train_eval_split(manifest, eval_fraction=0.25, seed=0)
     train_part.save(out / "data" / "train.csv")
@@ -73,11 +76,14 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all", latents: 
     if latents:
         run = _pretrain_on_latents(train_part, out, run_dir, epochs)
     else:
-        run = pretrain(train_part, run_dir.path, config="tiny-cpu", curate="prototype", budget=0.2,
-                       epochs=epochs, seed=0, resume=run_dir.config.exists(), progress=True)
+        run = pretrain(train_part, run_dir.path, config="tiny-cpu", curate="balanced", budget=0.2,
+                       epochs=epochs, seed=0, resume=run_dir.config.exists(), progress=True,
+                       compute_budget=DEFAULT_COMPUTE_BUDGET)
     cur = run_dir.read_curation()
-    print(f"run: {run}  data_fraction={cur['data_fraction']:.3f}  compute_fraction={cur['compute_fraction']:.3f}"
-          f"  ({time.perf_counter() - t:.0f} s)")
+    full = cur.get("compute_fraction_of_full_preset")
+    print(f"run: {run}  data_fraction={cur['data_fraction']:.3f}  epochs={cur['epochs']}  compute: "
+          + (f"{full:.3f} of tiny-cpu on all pairs" if full is not None else f"{cur['compute_fraction']:.3f}")
+          + f"  ({time.perf_counter() - t:.0f} s)")
 
     _step("5/5 evaluate on the held-out part")
     from .tasks.suite import evaluate, format_results_table
@@ -100,6 +106,7 @@ def _pretrain_on_latents(train_part, out: Path, run_dir, epochs: int | None) -> 
     pretrained on its 8-bit latents with the pixel demo's curation. Both resume when OUT already holds them."""
     from .models.autoencoder import read_ae_meta
     from .train.compress import pretrain_on_latents, train_autoencoder
+    from .train.schedule import DEFAULT_COMPUTE_BUDGET
 
     t = time.perf_counter()
     s = DEMO_AE
@@ -112,8 +119,9 @@ def _pretrain_on_latents(train_part, out: Path, run_dir, epochs: int | None) -> 
     sc = meta["training"]["train_sample_scores"]
     print(f"autoencoder: {ae}  hash {meta['weights_sha256'][:16]}; on {sc['n']} training images PSNR "
           f"{sc['psnr']:.2f} dB, MS-SSIM {sc['ms_ssim']:.4f}  ({time.perf_counter() - t:.0f} s)")
-    return pretrain_on_latents(train_part, run_dir.path, ae, config="tiny-cpu", curate="prototype", budget=0.2,
-                               epochs=epochs, seed=0, resume=run_dir.config.exists(), progress=True)
+    return pretrain_on_latents(train_part, run_dir.path, ae, config="tiny-cpu", curate="balanced", budget=0.2,
+                               epochs=epochs, seed=0, resume=run_dir.config.exists(), progress=True,
+                               compute_budget=DEFAULT_COMPUTE_BUDGET)
 
 
 def _show_one_image(run: Path, eval_part) -> None:

@@ -151,12 +151,13 @@ def _run_summary(args) -> int:
 def _add_demo(sub):
     p = sub.add_parser("demo", help="run the main job on the bundled sample",
                        description="The main job on the bundled sample: ingest, data summary, training texts labeled "
-                                   "back, patient split, tiny-cpu pretraining with prototype curation at a 20%% "
-                                   "budget, `eval --tasks all` on the held-out patients, report.html. Re-running "
+                                   "back, patient split, tiny-cpu pretraining with the default curation "
+                                   "(balanced at a 20%% budget, epochs from the default compute budget), `eval --tasks all` on the held-out patients, report.html. Re-running "
                                    "with the same --out resumes (a finished run is not trained again). With "
                                    "--latents the pretraining runs on autoencoder latents instead (docs/latents.md).")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the tiny-cpu preset's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="pretraining epochs (default: as `cxrfm pretrain` chooses them from its default compute budget)")
     p.add_argument("--tasks", default="all", help="evaluation tasks (default all)")
     from ..demo import DEMO_AE as a
 

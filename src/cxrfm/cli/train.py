@@ -28,6 +28,7 @@ def _parse_key_values(items: list[str], flag: str) -> dict:
 def _add_pretrain(sub):
     from ..config import list_presets
     from ..train.curation import list_curators
+    from ..train.schedule import DEFAULT_COMPUTE_BUDGET
 
     p = sub.add_parser(
         "pretrain", help="pretrain a dual encoder while curating the data",
@@ -69,7 +70,15 @@ def _add_pretrain(sub):
                         "benchmarks/data_efficiency.py (docs/curation.md)")
     p.add_argument("--budget", type=float, default=0.2,
                    help="target fraction of pairs to keep, in (0, 1] (default 0.2; ignored by none)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the config's for --curate none; for a curated run, see "
+                        "--compute-budget)")
+    p.add_argument("--compute-budget", default=None, metavar="FRACTION|off",
+                   help="a curated run without --epochs trains its kept pairs for the most epochs whose compute stays "
+                        f"within this share of the same preset on all pairs (default {DEFAULT_COMPUTE_BUDGET:g}: at "
+                        "--budget 0.2 with tiny-cpu's 10 epochs, 14 epochs over the kept fifth; chosen on the "
+                        "validation part of benchmarks/compute_frontier.py, docs/curation.md). The choice is printed "
+                        "and saved in curation.json; `off` trains the preset's epochs")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds initial weights, data order, augmentation and curation (same seed = same start)")
     p.add_argument("--resume", action="store_true",
@@ -106,6 +115,7 @@ def _run_pretrain(args) -> int:
                               "to shards only")
         pretrain = partial(pretrain_on_latents, ae=args.latents)
     out = pretrain(args.data, args.out, config=args.config, curate=args.curate, budget=args.budget,
+                   compute_budget=_compute_budget(args.compute_budget),
                    epochs=args.epochs, seed=args.seed, resume=args.resume, text_style=args.text_style,
                    overrides=_parse_key_values(args.overrides, "--set"),
                    curator_kwargs=_parse_key_values(args.curator_options, "--curator-option"),
@@ -116,10 +126,28 @@ def _run_pretrain(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         run = RunDir(out)
         info, status = run.read_curation() or {}, run.status()
+        full = info.get("compute_fraction_of_full_preset")
         print(f"run: {out}  step {status['step']}/{status['total_steps']}  finished {status['finished']}  "
               f"data_fraction {info.get('data_fraction', float('nan')):.3f}  "
-              f"compute_fraction {info.get('compute_fraction', float('nan')):.3f}")
+              f"compute_fraction {info.get('compute_fraction', float('nan')):.3f}"
+              + (f" (of all pairs for these {info.get('epochs')} epochs; {full:.3f} of the preset on all pairs)"
+                 if full is not None else ""))
     return 0
+
+
+def _compute_budget(value: str | None) -> float | None:
+    """--compute-budget: None (default) -> the default fraction; 'off' -> None; else a float."""
+    from ..errors import ConfigError
+    from ..train.schedule import DEFAULT_COMPUTE_BUDGET
+
+    if value is None:
+        return DEFAULT_COMPUTE_BUDGET
+    if str(value).strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--compute-budget {value!r}: give a fraction in (0, 1] such as 0.3, or off") from None
 
 
 # ---------------------------------------------------------------- shard

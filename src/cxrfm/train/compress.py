@@ -302,7 +302,8 @@ def pretrain_on_latents(data, out, ae: str | Path, config: str = "tiny-cpu", cur
                         budget: float = 0.2, epochs: int | None = None, seed: int = 0, resume: bool = False,
                         text_style: str = "template", overrides: dict | None = None,
                         curator_kwargs: dict | None = None, progress: bool = True, cache_dir=None, *,
-                        max_steps: int | None = None, fsdp: bool = False) -> Path:
+                        max_steps: int | None = None, fsdp: bool = False,
+                        compute_budget: float | None = None) -> Path:
     """:func:`cxrfm.train.loop.pretrain` on the latents of the AE in ``ae`` (its arguments, same meaning)."""
     from ..data.shards import is_shard_folder
     from .distributed import init_distributed, shutdown
@@ -315,7 +316,8 @@ def pretrain_on_latents(data, out, ae: str | Path, config: str = "tiny-cpu", cur
     ctx = init_distributed()
     try:
         run = LatentPretraining(data, Path(out), config, curate, budget, epochs, int(seed), bool(resume), text_style,
-                                over, dict(curator_kwargs or {}), progress, cache_dir, ctx)
+                                over, dict(curator_kwargs or {}), progress, cache_dir, ctx,
+                                compute_budget=compute_budget)
         run.fsdp = bool(fsdp) and ctx.enabled
         return run.run(max_steps=max_steps)
     finally:

@@ -14,7 +14,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..data.schema import Manifest
-from ..errors import ManifestError
+from ..errors import ConfigError, ManifestError
 from ..models.text import BUNDLED
 from .accounting import Accounting, measure_forward_flops
 from .augment import apply_affine
@@ -96,6 +96,23 @@ class PairInputs:
                 return torch.stack([fresh[t] for t in texts]).to(self.ctx.device)
             memo.update(fresh)
         return torch.stack([memo[t] for t in texts]).to(self.ctx.device)  # (U, H)
+
+    def row_thumbnails(self, chunk: int = 1024) -> np.ndarray:
+        """(n, 256) 16x16 thumbnails of the training rows' images from the image cache (a curator's
+        ``thumbnails``), read in chunks of the memory-mapped cache."""
+        from .curation import thumbnail_features
+
+        if self.cache is None:
+            raise ConfigError("thumbnails need the decoded-image cache of a manifest; streamed shards have none "
+                              "(use dedup_space=image)")
+        parts = []
+        for i in range(0, len(self.rows), chunk):
+            idx = self.rows[i:i + chunk]
+            order = np.argsort(idx)  # a memory map reads sorted rows; put them back in row order after
+            block = np.empty((len(idx), *self.cache.array.shape[1:]), dtype=self.cache.array.dtype)
+            block[order] = self.cache.array[idx[order]]
+            parts.append(thumbnail_features(block))
+        return np.concatenate(parts)
 
     def row_text_features(self) -> np.ndarray:
         """(n, H) float32 cached frozen text features, row-aligned (a curator's ``text_features``)."""

@@ -46,7 +46,8 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
              budget: float = 0.2, epochs: int | None = None, seed: int = 0, resume: bool = False,
              text_style: str = "template", overrides: dict | None = None, curator_kwargs: dict | None = None,
              progress: bool = True, cache_dir: str | Path | None = None, *,
-             max_steps: int | None = None, stream: dict | None = None, fsdp: bool = False) -> Path:
+             max_steps: int | None = None, stream: dict | None = None, fsdp: bool = False,
+             compute_budget: float | None = None) -> Path:
     """Pretrain a dual encoder on ``data`` (a manifest or its path) into the run dir ``out``.
 
     ``config`` is a preset name or JSON path, ``overrides`` replaces config fields, ``epochs`` overrides
@@ -59,6 +60,9 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
     ``stream`` holds the options of :class:`~cxrfm.train.stream.StreamPretraining` (``workers``,
     ``shuffle_buffer``). ``fsdp`` shards parameters and optimiser state over the ranks with FSDP2
     (:mod:`.fsdp`) instead of replicating them with DDP (for towers that do not fit one device).
+    ``compute_budget`` (a fraction, e.g. 0.3; default None: off) makes a curated run without ``epochs``
+    train its kept pairs for the most epochs within that share of the preset's full-data compute
+    (:mod:`.schedule`; ``cxrfm pretrain`` turns it on by default).
 
     Writes ``out/config.json``, ``model.safetensors``, ``status.json``, ``training_data.json``,
     ``metrics.jsonl``, ``curation.json`` and ``state/`` (:class:`cxrfm.run.RunDir`); returns ``out``.
@@ -70,12 +74,12 @@ def pretrain(data: Manifest | str | Path, out: str | Path, config: str = "tiny-c
         args = (Path(out), config, curate, budget, epochs, int(seed), bool(resume), text_style, overrides or {},
                 dict(curator_kwargs or {}), progress, cache_dir, ctx)
         if not isinstance(data, Manifest) and is_shard_folder(data):
-            run = StreamPretraining(data, *args, **(stream or {}))
+            run = StreamPretraining(data, *args, compute_budget=compute_budget, **(stream or {}))
         else:
             if stream:
                 raise ConfigError(f"{data}: stream options ({', '.join(sorted(stream))}) apply to a folder written "
                                   f"by `cxrfm shard`, not to a manifest")
-            run = Pretraining(data, *args)
+            run = Pretraining(data, *args, compute_budget=compute_budget)
         run.fsdp = bool(fsdp) and ctx.enabled
         return run.run(max_steps=max_steps)
     finally:

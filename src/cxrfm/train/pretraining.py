@@ -28,6 +28,7 @@ from .interrupts import CheckpointSchedule, StopRequest
 from .losses import contrastive_loss, local_contrastive_loss
 from .optim import learning_rate, make_optimizer
 from .records import MetricsLog, new_epoch_stats, write_curation, write_debug_fingerprint
+from .schedule import curated_epochs
 
 
 class TrainingDivergedError(ConfigError):
@@ -40,7 +41,8 @@ class Pretraining:
     fsdp = False  # pretrain(fsdp=True) sets it before run()
 
     def __init__(self, data, out: Path, config, curate: str, budget: float, epochs, seed: int, resume: bool,
-                 text_style: str, overrides: dict, curator_kwargs: dict, progress: bool, cache_dir, ctx: DistContext):
+                 text_style: str, overrides: dict, curator_kwargs: dict, progress: bool, cache_dir, ctx: DistContext,
+                 *, compute_budget: float | None = None):
         self.ctx, self.out, self.seed, self.progress = ctx, out, seed, progress and ctx.is_main
         self.run_dir = RunDir(out)
         self.curate, self.budget = curate, budget
@@ -71,6 +73,15 @@ class Pretraining:
         uniq: dict[str, int] = {}
         text_id = np.array([uniq.setdefault(t, len(uniq)) for t in texts], dtype=np.int64)  # (n,)
         unique_texts = list(uniq)
+        self.schedule = None  # epochs chosen from --compute-budget (.schedule)
+        if compute_budget is not None and epochs is None and curate != "none" and budget < 1:
+            self.schedule = curated_epochs(self.n, budget, train_cfg.epochs, train_cfg.batch_size, len(uniq),
+                                           text_cached=model_cfg.text_trainable_layers == 0,
+                                           text_trainable=model_cfg.text_trainable_layers > 0,
+                                           compute_budget=compute_budget)
+            self.train_cfg = train_cfg = dataclasses.replace(train_cfg, epochs=self.schedule["epochs"])
+            if ctx.is_main:
+                print(f"pretrain: {self.schedule['why']}", file=sys.stderr)
         # the budget is checked here, once, by the context every curator is built from
         curation_context = CurationContext(
             n=self.n, budget=budget, seed=seed, texts=curator_kwargs.pop("texts", texts),
@@ -92,6 +103,8 @@ class Pretraining:
             # curators that cluster by text get the loop's cached (and counted) frozen-MiniLM features
             curation_context = dataclasses.replace(curation_context,
                                                    text_features=lambda: self.inputs.row_text_features())
+        if curation_context.thumbnails is None:
+            curation_context = dataclasses.replace(curation_context, thumbnails=lambda: self.inputs.row_thumbnails())
         self.curator: Curator = curator_cls(curation_context, **curator_kwargs)
         self.optimizer = self._make_optimizer()
         self.acc = Accounting()
@@ -337,4 +350,5 @@ class Pretraining:
                        n_without_text=self.n_without_text, curate=self.curate, budget=self.budget, seed=self.seed,
                        epochs=self.train_cfg.epochs, batch_size=self.train_cfg.batch_size,
                        n_unique_texts=len(self.inputs.unique_texts), text_cached=self.model.text.frozen,
-                       text_trainable=any(p.requires_grad for p in self.model.text.backbone.parameters()))
+                       text_trainable=any(p.requires_grad for p in self.model.text.backbone.parameters()),
+                       schedule=self.schedule)

@@ -98,8 +98,10 @@ class MetricsLog:
 
 def write_curation(run: RunDir, *, curator, acc: Accounting, ids: list[str], n_without_text: int, curate: str,
                    budget: float, seed: int, epochs: int, batch_size: int, n_unique_texts: int,
-                   text_cached: bool, text_trainable: bool) -> Path:
-    """``curation.json``: kept ids, data and compute fractions against a ``none`` run, the curator's summary."""
+                   text_cached: bool, text_trainable: bool, schedule: dict | None = None) -> Path:
+    """``curation.json``: kept ids, data and compute fractions against a ``none`` run, the curator's summary;
+    with a ``schedule`` (epochs chosen from a compute budget, :mod:`.schedule`), it and this run's compute
+    against the preset's full-data run (``compute_fraction_of_full_preset``)."""
     n = len(ids)
     kept = np.asarray(curator.kept_rows(), dtype=np.int64)
     ref = none_run_accounting(n, epochs, batch_size, n_unique_texts, text_cached=text_cached,
@@ -110,6 +112,8 @@ def write_curation(run: RunDir, *, curator, acc: Accounting, ids: list[str], n_w
         "n_available": n, "n_kept": int(len(kept)), "n_without_text": n_without_text,
         "data_fraction": len(kept) / n,
         **summarize(acc, ref),
+        **({"schedule": schedule, "compute_fraction_of_full_preset": acc.units() / schedule["full_run_units"]}
+           if schedule else {}),
         "kept_ids": [ids[i] for i in kept],
         "summary": curator.summary(),
         "notes": CURATION_NOTES,

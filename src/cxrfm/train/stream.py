@@ -49,7 +49,8 @@ class StreamPretraining(Pretraining):
     shuffle buffer of ``shuffle_buffer`` samples per worker."""
 
     def __init__(self, data, out, config, curate, budget, epochs, seed, resume, text_style, overrides,
-                 curator_kwargs, progress, cache_dir, ctx, *, workers: int = 0, shuffle_buffer: int = 1000):
+                 curator_kwargs, progress, cache_dir, ctx, *, workers: int = 0, shuffle_buffer: int = 1000,
+                 compute_budget: float | None = None):
         if int(workers) < 0 or int(shuffle_buffer) < 1:
             raise ConfigError(f"--workers {workers} / --shuffle-buffer {shuffle_buffer}: workers must be >= 0 and "
                               f"the buffer >= 1 sample (e.g. --workers 4 --shuffle-buffer 1000)")
@@ -57,7 +58,7 @@ class StreamPretraining(Pretraining):
         self.workers, self.buffer = int(workers), int(shuffle_buffer)
         agree(self.shard_set.digest(), ctx, f"the shard index of {data}")
         super().__init__(self.shard_set.manifest(), out, config, curate, budget, epochs, seed, resume, text_style,
-                         overrides, curator_kwargs, progress, cache_dir, ctx)
+                         overrides, curator_kwargs, progress, cache_dir, ctx, compute_budget=compute_budget)
         if self.train_cfg.batch_size % ctx.world or self.train_cfg.batch_size < 2 * ctx.world:
             raise ConfigError(f"train.batch_size {self.train_cfg.batch_size} with {ctx.world} ranks: streamed data "
                               f"needs a global batch that is a multiple of the world size, with at least 2 pairs "

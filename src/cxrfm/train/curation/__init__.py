@@ -14,7 +14,7 @@ from __future__ import annotations
 from .base import (EMBED_CHUNK, CurationContext, Curator, EmbedFn, check_budget, embed_rows, host_array, select_mask,
                    target_count)
 from .geometry import (allocate_power, farthest_point_sampling, kmeans_centroids, kmeans_plus_plus_labels,
-                       normalise, sinkhorn_knopp, typical_first, water_fill)
+                       normalise, sinkhorn_knopp, thumbnail_features, typical_first, water_fill)
 from .registry import CURATORS, build_curator, curator_class, list_curators, register_curator
 # importing the modules registers their curators, in this order
 from .random_subset import RandomCurator  # noqa: E402
@@ -25,4 +25,4 @@ __all__ = ["CURATORS", "EMBED_CHUNK", "WITHIN", "BalancedCurator", "CurationCont
            "PrototypeCurator", "RandomCurator", "allocate_power", "build_curator", "check_budget",
            "curator_class", "embed_rows", "embed_texts_minilm", "farthest_point_sampling", "host_array",
            "kmeans_centroids", "kmeans_plus_plus_labels", "list_curators", "normalise", "register_curator",
-           "select_mask", "sinkhorn_knopp", "target_count", "typical_first", "water_fill"]
+           "select_mask", "sinkhorn_knopp", "target_count", "thumbnail_features", "typical_first", "water_fill"]

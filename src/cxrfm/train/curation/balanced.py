@@ -12,6 +12,8 @@ import numpy as np
 from ...errors import ConfigError
 from .base import Curator, CurationContext, EmbedFn, embed_rows
 from .geometry import farthest_point_sampling, kmeans_plus_plus_labels, normalise, typical_first, water_fill
+
+DEDUP_SPACES = ("image", "thumbnail")
 from .registry import register_curator
 
 
@@ -51,7 +53,10 @@ class BalancedCurator(Curator):
        augmented near-copies of real CXRs (``benchmarks/curation_function.py`` dedup probe, 64 px,
        centred) a copy's cosine to its original (median 0.75, 5th percentile 0.51) overlaps an
        image's cosine to its nearest *other* image (median 0.59, 95th percentile 0.75), so no
-       threshold separates them, and the pass costs a forward over every image.
+       threshold separates them, and the pass costs a forward over every image. ``dedup_space=
+       "thumbnail"`` compares 16x16 thumbnails of the decoded images instead (the loop's image cache, no
+       tower pass; there a copy's cosine to its original, median 0.91, mostly clears the nearest other
+       image's, median 0.72; measured in docs/curation.md, noise table).
     3. The budget ``round(budget * n)`` is spread over clusters by water-filling on
        ``size ** alpha`` (default 0.5: rare clusters are kept whole, the dense core is thinned).
        Inside each cluster, ``within`` picks among the de-duplicated pairs: ``"central"`` (default)
@@ -77,7 +82,8 @@ class BalancedCurator(Curator):
 
     def __init__(self, context: CurationContext, *, n_clusters: int | None = None,
                  alpha: float = 0.5, dedup_threshold: float | None = None, within: str = "central",
-                 refresh_every: int | None = None, noise_drop: float = 0.0, **options):
+                 refresh_every: int | None = None, noise_drop: float = 0.0, dedup_space: str = "image",
+                 **options):
         super().__init__(context, **options)
         if n_clusters is not None and int(n_clusters) < 1:
             raise ConfigError(f"n_clusters={n_clusters}: need at least 1 cluster (or None for the default)")
@@ -85,6 +91,8 @@ class BalancedCurator(Curator):
             raise ConfigError(f"alpha={alpha}: the allocation exponent must be in [0, 1] (0 equal, 1 proportional)")
         if dedup_threshold is not None and not -1 < dedup_threshold <= 1:
             raise ConfigError(f"dedup_threshold={dedup_threshold}: a cosine in (-1, 1], or None to skip")
+        if dedup_space not in DEDUP_SPACES:
+            raise ConfigError(f"dedup_space={dedup_space!r}: choose 'image' (the model's embeddings) or 'thumbnail'")
         if within not in WITHIN:
             raise ConfigError(f"within={within!r}: choose one of {', '.join(repr(w) for w in WITHIN)}")
         if refresh_every is not None and int(refresh_every) < 1:
@@ -94,6 +102,8 @@ class BalancedCurator(Curator):
         self.n_clusters = int(n_clusters) if n_clusters else int(np.clip(round(math.sqrt(self.n / 4)), 2, 64))
         self.alpha = float(alpha)
         self.dedup_threshold = dedup_threshold
+        self.dedup_space = dedup_space
+        self.thumbnails = context.thumbnails
         self.within = within
         self.texts = context.texts
         # the training loop's own cached frozen-MiniLM features of the rows' texts ((n, H), called once at
@@ -118,7 +128,8 @@ class BalancedCurator(Curator):
 
     def _select_subset(self, embed: EmbedFn) -> None:
         rows = np.arange(self.n)
-        if self.texts is not None and self.dedup_threshold is None and self.within != "farthest":
+        image_dedup = self.dedup_threshold is not None and self.dedup_space == "image"
+        if self.texts is not None and not image_dedup and self.within != "farthest":
             img, txt = None, None  # texts alone decide: no selection pass over the images at all
         else:
             img, txt = embed_rows(embed, rows)
@@ -133,6 +144,13 @@ class BalancedCurator(Curator):
         self.cluster = kmeans_plus_plus_labels(space, self.n_clusters, self.seed)
         k = int(self.cluster.max()) + 1
         img_c = None if img is None else normalise(img - img.mean(axis=0, keepdims=True))
+        dedup = img_c
+        if self.dedup_threshold is not None and self.dedup_space == "thumbnail":
+            if self.thumbnails is None:
+                raise ConfigError("balanced: dedup_space='thumbnail' needs the loop's image cache (a manifest, not "
+                                  "streamed shards) or a context with thumbnails")
+            th = np.asarray(self.thumbnails(), dtype=np.float32)
+            dedup = normalise(th - th.mean(axis=0, keepdims=True))
         order = self.rng.permutation(self.n)
         survivors = np.zeros(self.n, dtype=bool)
         for c in range(k):
@@ -140,7 +158,7 @@ class BalancedCurator(Curator):
             if self.dedup_threshold is None:
                 survivors[members] = True
                 continue
-            sims = img_c[members] @ img_c[members].T  # (m, m)
+            sims = dedup[members] @ dedup[members].T  # (m, m)
             alive = np.zeros(len(members), dtype=bool)
             for j in range(len(members)):  # greedy in random order: first of each group survives
                 if alive[:j].any() and sims[j, :j][alive[:j]].max() >= self.dedup_threshold:
@@ -211,7 +229,8 @@ class BalancedCurator(Curator):
         kept = np.bincount(self.cluster[self.kept], minlength=k) if self.selected else np.zeros(k, int)
         dups = np.bincount(self.cluster[self.duplicate], minlength=k) if self.selected else np.zeros(k, int)
         out.update(
-            n_clusters=k, alpha=self.alpha, dedup_threshold=self.dedup_threshold, within=self.within,
+            n_clusters=k, alpha=self.alpha, dedup_threshold=self.dedup_threshold, dedup_space=self.dedup_space,
+            within=self.within,
             cluster_space="minilm(texts)" if self.texts is not None else "model text embeddings",
             embedded_rows=self.embedded_rows, minilm_texts_encoded=self.minilm_texts,
             near_duplicates=int(self.duplicate.sum()),

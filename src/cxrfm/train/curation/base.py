@@ -55,6 +55,8 @@ class CurationContext:
     ``texts`` are the training rows' texts (reports or pseudo-reports), row-aligned; ``text_features``,
     when the run's text tower is the frozen bundled MiniLM, returns the loop's cached (and counted)
     (n, H) features of those texts, so that a curator clustering by text pays no second, uncounted pass.
+    ``thumbnails`` returns (n, 256) 16x16 thumbnails of the rows' images (:func:`.geometry.thumbnail_features`)
+    from the loop's decoded-image cache: no tower pass (None where there is no cache, e.g. streamed shards).
     """
 
     n: int
@@ -62,6 +64,7 @@ class CurationContext:
     seed: int = 0
     texts: Sequence[str] | None = None
     text_features: Callable[[], np.ndarray] | None = None
+    thumbnails: Callable[[], np.ndarray] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "budget", check_budget(self.budget))

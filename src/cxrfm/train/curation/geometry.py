@@ -154,3 +154,13 @@ def typical_first(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray
     score = np.round(x @ centre, 6)  # (N,); rounded so that identical texts tie exactly
     tiebreak = rng.permutation(len(x))
     return np.lexsort((tiebreak, -score))[:m].astype(np.int64)
+
+
+def thumbnail_features(images: np.ndarray, side: int = 16) -> np.ndarray:
+    """(m, side*side) float32 per-image standardised, L2-normalised block means of (m, S, S) images (S a
+    multiple of ``side``): a model-free picture of each image, cheap enough for every row."""
+    a = np.asarray(images, dtype=np.float32)
+    m, size = len(a), a.shape[-1]
+    f = size // side
+    t = a[:, :side * f, :side * f].reshape(m, side, f, side, f).mean(axis=(2, 4)).reshape(m, -1)
+    return normalise((t - t.mean(1, keepdims=True)) / (t.std(1, keepdims=True) + 1e-6))

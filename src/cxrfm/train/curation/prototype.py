@@ -21,9 +21,11 @@ from .torch_ops import (as_tensor, cluster_moments, cluster_std, farthest_point_
 class PrototypeCurator(Curator):
     """CheXficient's prototype-driven online selection (arXiv:2602.22843), ported to this loop.
 
-    1. Warm-up (``begin_epoch(0)``): embed a seeded ``warmup_fraction`` of the rows with the current
-       model, k-means (faiss, seeded) on the L2-normalised concatenation [image; text] -> ``num_prototypes``
-       prototypes. (CheXficient also *trains* on its 1 % warm-up slice first; here training is the loop's.)
+    1. Warm-up: embed a seeded ``warmup_fraction`` of the rows with the current model, k-means (faiss,
+       seeded) on the L2-normalised concatenation [image; text] -> ``num_prototypes`` prototypes. With
+       ``warmup_epochs`` = 0 (default) this happens at epoch 0 with the untrained model; with
+       ``warmup_epochs`` = W the loop first trains W epochs on the warm-up slice alone (as CheXficient
+       trains on its 1 % warm-up slice), the slice counts as kept rows, and curation starts at epoch W.
     2. Each batch of a curation epoch: assign samples to the nearest prototype by Euclidean distance,
        and split every cluster by distance into bands at mean + 1, 2, 3 standard deviations
        (``bands``): the dense *core* (<= 1 sd), the *periphery* (1-2 sd), the *tail* (2-3 sd) and
@@ -58,7 +60,8 @@ class PrototypeCurator(Curator):
     accepts_tensors = True  # select() computes on the device of the batch's embeddings
 
     def __init__(self, context: CurationContext, *, num_prototypes: int = 8,
-                 warmup_fraction: float = 0.1, curation_epochs: int = 1, ema_decay: float = 0.9,
+                 warmup_fraction: float = 0.1, warmup_epochs: int = 0, curation_epochs: int = 1,
+                 ema_decay: float = 0.9,
                  bands: Sequence[float] = (1.0, 2.0, 3.0), power_alpha: float = 0.5,
                  sampling: str = "farthest", cluster_stats: str = "running", stats_momentum: float = 0.9,
                  sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, assignment: str = "soft",
@@ -68,6 +71,8 @@ class PrototypeCurator(Curator):
             raise ConfigError(f"num_prototypes={num_prototypes}: need at least 1 prototype, e.g. 8")
         if not 0 < warmup_fraction <= 1:
             raise ConfigError(f"warmup_fraction={warmup_fraction}: must be in (0, 1], e.g. 0.1")
+        if int(warmup_epochs) < 0:
+            raise ConfigError(f"warmup_epochs={warmup_epochs}: must be >= 0 (0: cluster with the untrained model)")
         if int(curation_epochs) < 1:
             raise ConfigError(f"curation_epochs={curation_epochs}: must be >= 1")
         if len(bands) != 3 or not 0 <= bands[0] < bands[1] < bands[2]:
@@ -80,6 +85,7 @@ class PrototypeCurator(Curator):
             raise ConfigError(f"cluster_stats={cluster_stats!r}: choose 'running' or 'batch'")
         self.num_prototypes = int(num_prototypes)
         self.warmup_fraction = float(warmup_fraction)
+        self.warmup_epochs = int(warmup_epochs)
         self.curation_epochs = int(curation_epochs)
         self.ema_decay = float(ema_decay)
         self.bands = tuple(float(b) for b in bands)
@@ -104,6 +110,14 @@ class PrototypeCurator(Curator):
         self.ratio_max = -math.inf
         self.counts = np.zeros((0, 5), dtype=np.int64)  # per cluster: seen, core, periphery, tail, outlier
         self.kept_per_cluster = np.zeros(0, dtype=np.int64)
+        self.warm_rows = np.zeros(0, dtype=np.int64)  # the warm-up slice (trained on first if warmup_epochs > 0)
+        # per row, at its first visit in a curation epoch: nearest prototype and band (-1: not visited);
+        # saved with the state for benchmarks/prototype_diagnosis.py
+        self.row_cluster = np.full(self.n, -1, dtype=np.int16)
+        self.row_band = np.full(self.n, -1, dtype=np.int8)
+
+    def _curating(self, epoch: int) -> bool:
+        return self.warmup_epochs <= epoch < self.warmup_epochs + self.curation_epochs
 
     @property
     def prototypes(self) -> np.ndarray | None:
@@ -125,10 +139,15 @@ class PrototypeCurator(Curator):
 
     # -- warm-up ------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int, embed: EmbedFn) -> None:
-        if self._protos is not None or epoch >= self.curation_epochs:
+        if not len(self.warm_rows) and self._protos is None:
+            n_warm = min(self.n, max(int(round(self.warmup_fraction * self.n)), 20 * self.num_prototypes))
+            self.warm_rows = np.sort(self.rng.choice(self.n, size=n_warm, replace=False))
+        if self._protos is not None or epoch != self.warmup_epochs:
             return
-        n_warm = min(self.n, max(int(round(self.warmup_fraction * self.n)), 20 * self.num_prototypes))
-        rows = np.sort(self.rng.choice(self.n, size=n_warm, replace=False))
+        rows = self.warm_rows
+        if self.warmup_epochs:  # the slice was trained on: it counts against the budget, as kept rows
+            self.kept[rows] = True
+            self._n_kept = int(self.kept.sum())
         img, txt = embed_rows(embed, rows)
         self.embedded_rows += len(rows)
         feats = normalise(np.concatenate([img, txt], axis=1))
@@ -144,13 +163,15 @@ class PrototypeCurator(Curator):
 
     # -- per-batch selection ----------------------------------------------------------------------
     def epoch_rows(self, epoch: int) -> np.ndarray:
-        if epoch < self.curation_epochs:
+        if epoch < self.warmup_epochs:
+            return self.warm_rows
+        if self._curating(epoch):
             return np.arange(self.n)
         return np.flatnonzero(self.kept)
 
     def selects(self, epoch: int) -> bool:
         """Whether ``select`` looks at embeddings this epoch (the loop skips the scoring pass otherwise)."""
-        return epoch < self.curation_epochs
+        return self._curating(epoch)
 
     def select(self, epoch: int, idx, img, txt) -> np.ndarray:
         """Which samples of the gathered batch get a loss (bool (B,) numpy).
@@ -161,7 +182,7 @@ class PrototypeCurator(Curator):
         """
         idx = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
         idx = idx.astype(np.int64).reshape(-1)
-        if epoch >= self.curation_epochs:
+        if not self._curating(epoch):
             return np.ones(len(idx), dtype=bool)
         if self._protos is None:
             raise ConfigError("prototype curator: select() before begin_epoch(0); the loop must call "
@@ -189,10 +210,13 @@ class PrototypeCurator(Curator):
         host = (cid_t.int() * 4 + band).cpu().numpy()  # the one small copy: (B,) cluster * 4 + band
         cid, band = host // 4, host % 4  # band 0 core, 1 periphery, 2 tail, 3 outlier
         core, periphery, tail = band == 0, band == 1, band == 2
+        first = self.row_cluster[idx] < 0
+        self.row_cluster[idx[first]], self.row_band[idx[first]] = cid[first], band[first]
 
         # Budget control: kept union should grow by `budget` per visited row of the curation epochs.
         new = ~self.kept[idx]
-        target = self.budget * self.n * (self.seen + len(idx)) / (self.curation_epochs * self.n)
+        base = len(self.warm_rows) if self.warmup_epochs else 0  # trained-on warm-up rows are kept already
+        target = base + (self.budget * self.n - base) * (self.seen + len(idx)) / (self.curation_epochs * self.n)
         need = target - self._n_kept
         core_new = int(((core | periphery) & new).sum())
         tail_new = int((tail & new).sum())
@@ -249,6 +273,8 @@ class PrototypeCurator(Curator):
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "kept": self.kept.copy(), "seen": self.seen,
+                 "warm_rows": self.warm_rows.copy(), "row_cluster": self.row_cluster.copy(),
+                 "row_band": self.row_band.copy(),
                  "embedded_rows": self.embedded_rows, "ratio_sum": self.ratio_sum,
                  "ratio_batches": self.ratio_batches,
                  "ratio_min": None if math.isinf(self.ratio_min) else self.ratio_min,
@@ -264,6 +290,10 @@ class PrototypeCurator(Curator):
         self.kept = np.asarray(state["kept"], dtype=bool).copy()
         self._n_kept = int(self.kept.sum())
         self.seen = int(state["seen"])
+        if "warm_rows" in state:  # absent in checkpoints written before these were kept
+            self.warm_rows = np.asarray(state["warm_rows"], dtype=np.int64).copy()
+            self.row_cluster = np.asarray(state["row_cluster"], dtype=np.int16).copy()
+            self.row_band = np.asarray(state["row_band"], dtype=np.int8).copy()
         self.embedded_rows = int(state["embedded_rows"])
         self.ratio_sum, self.ratio_batches = float(state["ratio_sum"]), int(state["ratio_batches"])
         self.ratio_min = math.inf if state["ratio_min"] is None else float(state["ratio_min"])
@@ -280,6 +310,7 @@ class PrototypeCurator(Curator):
         lo, mid, hi = self.bands
         out.update(
             num_prototypes=len(self._protos) if self._protos is not None else self.num_prototypes,
+            warmup_epochs=self.warmup_epochs, warmup_rows=int(len(self.warm_rows)),
             curation_epochs=self.curation_epochs, embedded_rows=self.embedded_rows,
             bands=f"core <= mean+{lo:g}sd < periphery < mean+{mid:g}sd <= tail < mean+{hi:g}sd <= outlier",
             cluster_stats=self.cluster_stats, sampling=self.sampling,

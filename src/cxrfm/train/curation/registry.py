@@ -40,12 +40,13 @@ def build_curator(name: str, n: int | None = None, budget: float = 1.0, seed: in
     """The curator named ``name`` with its ``options``.
 
     Give either a ready ``context`` (what the loop does) or ``n``/``budget``/``seed`` (plus optional
-    ``texts`` / ``text_features``), from which the context is made.
+    ``texts`` / ``text_features`` / ``thumbnails``), from which the context is made.
     """
     cls = curator_class(name)
     if context is None:
         if n is None:
             raise TypeError("build_curator: give context= or n=")
         context = CurationContext(n=n, budget=budget, seed=seed, texts=options.pop("texts", None),
-                                  text_features=options.pop("text_features", None))
+                                  text_features=options.pop("text_features", None),
+                                  thumbnails=options.pop("thumbnails", None))
     return cls(context, **options)
