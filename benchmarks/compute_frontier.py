@@ -47,6 +47,8 @@ DEFAULT_ARMS = (
     # 14 epochs of a fifth: the longest schedule of a fifth within 30 % of none/10's compute (the frozen-text
     # caching pass is a fixed cost, so 15 epochs are 31 %)
     "random@0.2/14", "balanced@0.2/14",
+    # 29 epochs of a fifth: the same within 30 % of none/20's compute; a third for 19 epochs costs as much
+    "random@0.2/29", "balanced@0.2/29", "balanced@0.3/19",
     # the port's diagnosis (docs/curation.md): CheXficient's warm-up training, and FPS against random picks
     "prototype@0.2:warmup_epochs=2/10", "prototype@0.2:sampling=random/10",
     "prototype@0.2:warmup_epochs=2,sampling=random/10",
@@ -213,6 +215,16 @@ def goal_check(f: dict, family: str) -> dict:
                                          if a["vs_none_same_compute"] is not None)}
 
 
+def versus(rows: list[dict], other: str) -> list[tuple[str, float | None, tuple | None]]:
+    """Each arm against another full-data arm (e.g. the preset's ``none/10``, what ``cxrfm pretrain --curate
+    none`` trains): (arm, compute / that arm's, paired test Δ)."""
+    arms = by_arm(rows)
+    if other not in arms:
+        return []
+    return [(tag, compute_of(seeds, arms[other]), paired(seeds, arms[other])) for tag, seeds in sorted(arms.items())
+            if tag != other]
+
+
 def _delta(d) -> str:
     if not d:
         return "-"
@@ -220,7 +232,7 @@ def _delta(d) -> str:
     return f"{mean:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else " [n<2]")
 
 
-def format_tables(f: dict) -> str:
+def format_tables(f: dict, rows: list[dict] | None = None, preset: str | None = None) -> str:
     ref = f["reference"]
     lines = ["validation part (chooses the reference): mean reliable mean of the full-data schedules",
              "  " + "  ".join(f"{t} {v:.3f}" for t, v in sorted(f["val_means"].items(),
@@ -249,6 +261,12 @@ def format_tables(f: dict) -> str:
                      f"{', '.join(g['within_gap_at_compute']) or 'no point'}; above random at every level: "
                      f"{'yes' if g['above_random_everywhere'] else 'no'}; above all pairs for fewer epochs at "
                      f"every level: {'yes' if g['above_none_everywhere'] else 'no'}")
+    vs = versus(rows or [], preset) if preset and preset != ref else []
+    if vs:
+        lines += ["", f"against {preset} (the preset's schedule: what `cxrfm pretrain --curate none` trains), test part:",
+                  f"{'arm':<50} {'compute':>8} {'Δ [95% CI]':>26}"]
+        lines += [f"{tag:<50} {c if c is not None else float('nan'):>8.3f} {_delta(d):>26}" for tag, c, d in vs
+                  if not tag.startswith("none/")]
     return "\n".join(lines)
 
 
@@ -285,13 +303,14 @@ def plot(f: dict, path: Path) -> Path:
     return path
 
 
-def write_report(f: dict, png: Path, out: Path, command: str) -> Path:
+def write_report(f: dict, png: Path, out: Path, command: str, rows: list[dict] | None = None,
+                 preset: str | None = None) -> Path:
     from cxrfm.reporting.markup import CSS, esc, img_bytes
 
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>cxrfm compute frontier</title>"
             f"<style>{CSS}</style></head><body><main><h1>Curation: compute frontier</h1>"
             f"<p class='note'>{esc(command)}</p>{img_bytes(png.read_bytes(), 'compute frontier')}"
-            f"<pre>{esc(format_tables(f))}</pre></main></body></html>\n")
+            f"<pre>{esc(format_tables(f, rows, preset))}</pre></main></body></html>\n")
     out.write_text(page, encoding="utf-8")
     return out
 
@@ -308,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="tiny-cpu")
     p.add_argument("--tie", type=float, default=0.005,
                    help="full-data schedules within this of the best validation mean count as tied; the cheapest wins")
+    p.add_argument("--preset-arm", default="none/10",
+                   help="the full-data arm of the preset's own schedule, for the second table (default none/10)")
     p.add_argument("--n-boot", type=int, default=10, help="bootstrap resamples in evaluate (its CIs are not used)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--progress", action="store_true")
@@ -346,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         print("no full-data (none/E) rows yet: nothing to count compute against")
         return 1
     print()
-    print(format_tables(f))
+    print(format_tables(f, rows, args.preset_arm))
     png = plot(f, args.out / "frontier.png")
     (args.out / "frontier.json").write_text(json.dumps(f, indent=1), encoding="utf-8")
     rep = write_report(f, png, args.out / "report.html", "python benchmarks/compute_frontier.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]))
+        argv if argv is not None else sys.argv[1:]), rows, args.preset_arm)
     print(f"\nwrote {png}, {rep}, {args.out / 'frontier.json'}")
     return 0
 

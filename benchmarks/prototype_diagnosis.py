@@ -15,6 +15,10 @@ Reads the `prototype` runs of `benchmarks/compute_frontier.py` (same ``--out``):
 * **replay** (``--replay``): the port's final kept set trained as a fixed subset from epoch 0 (as ``random``
   trains its subset), same seeds: separates *which* pairs the port keeps from *how* it trains in its
   curation epoch (per-batch selection: about a fifth of each batch gets a loss).
+* **source mix of the pneumonia texts**: among the kept pairs whose labels name Pneumonia, the share from
+  adult sources (COVID-19 and NIH films), per run, against the run's pediatric Pneumonia AUROC (Spearman over
+  every 10-epoch run of 20 % of the pairs): whether a subset that teaches "pneumonia" on adult films
+  learns the pediatric contrast the wrong way round.
 * **typicality**: the mean percentile of the kept rows' 16x16-thumbnail distance to their group's mean
   thumbnail (0.50 = as random; above = the kept images are the group's odd ones, as in the
   ``pixel-atypical`` probe of benchmarks/subset_probes.py, which inverts the same cells).
@@ -141,6 +145,56 @@ def diagnose(runs: list[dict], groups: np.ndarray, sources: np.ndarray, typ: np.
     return res
 
 
+def adult_pneumonia_share(kept: np.ndarray, table) -> float:
+    """Among kept rows whose labels name Pneumonia, the share not from the pediatric source."""
+    pneu = table["labels"].fillna("").astype(str).str.contains("Pneumonia").to_numpy()
+    adult = (table["source"] != de.PEDIATRIC).to_numpy()
+    m = kept & pneu
+    return float(adult[m].mean()) if m.any() else float("nan")
+
+
+def normal_share(kept: np.ndarray, table) -> float:
+    """Among kept pediatric rows, the share labelled No Finding / Normal."""
+    ped = (table["source"] == de.PEDIATRIC).to_numpy()
+    lab = table["labels"].fillna("").astype(str)
+    normal = (~lab.str.contains("Pneumonia")).to_numpy()
+    m = kept & ped
+    return float(normal[m].mean()) if m.any() else float("nan")
+
+
+def mix_against_inversion(rows: list[dict], runs_root: Path, row_of: dict, table) -> str:
+    """Spearman of two kept-set mixes (the adult share of the pneumonia pairs, the normal share of the
+    pediatric pairs) against the pediatric Pneumonia AUROC, over runs."""
+    from scipy.stats import spearmanr
+
+    pts, per_arm = [], {}
+    for r in rows:
+        if r.get("epochs") != 10 or abs(r.get("budget", 0) - 0.2) > 1e-9:
+            continue
+        folder = runs_root / de.run_name(r["family"], r["epochs"], {}) / f"seed{r['seed']}"
+        run = read_run(folder, row_of, len(table))
+        auc = r["test"]["cells"].get(f"Pneumonia|{de.PEDIATRIC}")
+        if run is None or auc is None:
+            continue
+        point = (adult_pneumonia_share(run["kept"], table), normal_share(run["kept"], table), auc)
+        pts.append(point)
+        per_arm.setdefault(r["arm"], []).append(point)
+    if len(pts) < 3:
+        return "source mix: too few runs"
+    a = np.array(pts)
+    everything = np.ones(len(table), bool)
+    lines = [f"kept-set mix vs pediatric Pneumonia AUROC (test), {len(pts)} runs of 20 % for 10 epochs (Spearman):"]
+    for j, name, pool in ((0, "adult share of the Pneumonia pairs", adult_pneumonia_share(everything, table)),
+                          (1, "normal share of the pediatric pairs", normal_share(everything, table))):
+        rho, pval = spearmanr(a[:, j], a[:, 2])
+        lines.append(f"  {name}: rho {rho:+.3f} (p = {pval:.2g}); whole train part {pool:.3f}")
+    for arm, v in sorted(per_arm.items()):
+        b = np.array(v)
+        lines.append(f"  {arm:<50} adult {b[:, 0].mean():.3f}  normal {b[:, 1].mean():.3f}  Pneumonia AUROC "
+                     f"{b[:, 2].mean():.3f}  ({len(b)} runs)")
+    return "\n".join(lines)
+
+
 def format_report(name: str, d: dict, scores: dict | None) -> str:
     lines = [f"{name}: {d['seeds']} seeds" + (f"; test reliable mean {scores['test']:.3f}, validation "
                                                f"{scores['val']:.3f}" if scores else "")]
@@ -195,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {arm['tag']} seed {seed}: test {r['test']['reliable_mean']:.3f}", flush=True)
     rows = de.read_done(args.out / "results.jsonl") + de.read_done(log)
     print(inversions(rows))
+    print()
+    print(mix_against_inversion(rows, args.out / "runs", row_of, table))
+    print()
     out = {}
     for folder in sorted((args.out / "runs").glob("prototype*")):
         runs = [r for r in (read_run(s, row_of, len(table)) for s in sorted(folder.glob("seed*"))) if r]

@@ -60,13 +60,14 @@ def run_demo(out: Path, epochs: int | None = None, tasks: str = "all", latents: 
     texts_csv = write_table(pd.DataFrame({"image": manifest.ids, "report": texts}), out / "data" / "texts.csv")
     print(label_table_file(texts_csv, out / "data" / "texts_labeled.csv", progress=True))
 
+    from .train.schedule import DEFAULT_COMPUTE_BUDGET
+
     what = ("on the latents of a small autoencoder" if latents
-            else "with the default curation (balanced, budget 0.2, compute budget 0.3)")
+            else f"with the default curation (balanced, budget 0.2, compute budget {DEFAULT_COMPUTE_BUDGET:g})")
     t = _step(f"4/5 pretrain tiny-cpu {what} on a patient-disjoint 75% part")
     from .data.splits import train_eval_split
     from .run import RunDir
     from .train.loop import pretrain
-    from .train.schedule import DEFAULT_COMPUTE_BUDGET
 
     train_part, eval_part = train_eval_split(manifest, eval_fraction=0.25, seed=0)
     train_part.save(out / "data" / "train.csv")

@@ -76,9 +76,10 @@ def _add_pretrain(sub):
     p.add_argument("--compute-budget", default=None, metavar="FRACTION|off",
                    help="a curated run without --epochs trains its kept pairs for the most epochs whose compute stays "
                         f"within this share of the same preset on all pairs (default {DEFAULT_COMPUTE_BUDGET:g}: at "
-                        "--budget 0.2 with tiny-cpu's 10 epochs, 14 epochs over the kept fifth; chosen on the "
-                        "validation part of benchmarks/compute_frontier.py, docs/curation.md). The choice is printed "
-                        "and saved in curation.json; `off` trains the preset's epochs")
+                        "--budget 0.2 with tiny-cpu's 10 epochs, 29 epochs over the kept fifth, the cheapest schedule "
+                        "that came within about 0.01 of all pairs on the validation part of "
+                        "benchmarks/compute_frontier.py; within 0.3 a fifth stays about 0.1 below, docs/curation.md). "
+                        "The choice is printed and saved in curation.json; `off` trains the preset's epochs")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds initial weights, data order, augmentation and curation (same seed = same start)")
     p.add_argument("--resume", action="store_true",

@@ -113,7 +113,7 @@ class PrototypeCurator(Curator):
         self.warm_rows = np.zeros(0, dtype=np.int64)  # the warm-up slice (trained on first if warmup_epochs > 0)
         # per row, at its first visit in a curation epoch: nearest prototype and band (-1: not visited);
         # saved with the state for benchmarks/prototype_diagnosis.py
-        self.row_cluster = np.full(self.n, -1, dtype=np.int16)
+        self.row_cluster = np.full(self.n, -1, dtype=np.int32)
         self.row_band = np.full(self.n, -1, dtype=np.int8)
 
     def _curating(self, epoch: int) -> bool:
@@ -292,7 +292,7 @@ class PrototypeCurator(Curator):
         self.seen = int(state["seen"])
         if "warm_rows" in state:  # absent in checkpoints written before these were kept
             self.warm_rows = np.asarray(state["warm_rows"], dtype=np.int64).copy()
-            self.row_cluster = np.asarray(state["row_cluster"], dtype=np.int16).copy()
+            self.row_cluster = np.asarray(state["row_cluster"], dtype=np.int32).copy()
             self.row_band = np.asarray(state["row_band"], dtype=np.int8).copy()
         self.embedded_rows = int(state["embedded_rows"])
         self.ratio_sum, self.ratio_batches = float(state["ratio_sum"]), int(state["ratio_batches"])
