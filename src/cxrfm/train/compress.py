@@ -264,8 +264,8 @@ class LatentPairInputs(PairInputs):
 class LatentPretraining(Pretraining):
     """Pretraining whose image tower is the ``latent`` tower and whose inputs come from the latent cache."""
 
-    def __init__(self, data, out: Path, *args):
-        super().__init__(data, out, *args)
+    def __init__(self, data, out: Path, *args, compute_budget: float | None = None):
+        super().__init__(data, out, *args, compute_budget=compute_budget)
         tower = self.model.image
         if not hasattr(tower, "latent_input"):
             raise ConfigError("pretraining on latents needs image_tower = latent")
