@@ -237,3 +237,12 @@ def test_balanced_thumbnail_dedup_thins_planted_near_copies_more_than_random():
     assert kept[is_copy].mean() < 0.5
     with pytest.raises(ConfigError, match="dedup_space"):
         build_curator("balanced", n=10, budget=0.5, dedup_space="pixels")
+
+
+def test_balanced_thumbnail_dedup_without_an_image_cache_is_a_clear_error():
+    """Streamed shards have no image cache, so no thumbnails: the curator says what to use instead."""
+    cur = build_curator("balanced", n=40, budget=0.5, seed=0, texts=["a"] * 20 + ["b"] * 20,
+                        text_features=lambda: np.eye(2, dtype=np.float32)[[0] * 20 + [1] * 20],
+                        dedup_threshold=0.9, dedup_space="thumbnail")
+    with pytest.raises(ConfigError, match="thumbnail.*image cache"):
+        cur.begin_epoch(0, lambda idx: (_ for _ in ()).throw(AssertionError("no image pass expected")))
