@@ -28,7 +28,6 @@ Reads the `prototype` runs of `benchmarks/compute_frontier.py` (same ``--out``):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from pathlib import Path
@@ -55,10 +54,7 @@ def replay_curator():
 
         def __init__(self, context, arm: str = "prototype@0.2_epochs10", **options):
             super().__init__(context, **options)
-            cur = REPLAY["root"] / arm / f"seed{context.seed}" / "curation.json"
-            ids = json.loads(cur.read_text(encoding="utf-8"))["kept_ids"]
-            self.kept = np.zeros(self.n, dtype=bool)
-            self.kept[[REPLAY["row_of"][i] for i in ids]] = True
+            self.kept = kept_mask(REPLAY["root"] / arm / f"seed{context.seed}", REPLAY["row_of"], self.n)
 
     if "replay" not in curation.CURATORS:
         curation.register_curator(Replay)
@@ -106,20 +102,26 @@ def typicality_percentile(thumbs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_run(run: Path, row_of: dict[str, int], n: int) -> dict | None:
-    cur_path = run / "curation.json"
-    if not cur_path.exists():
-        return None
-    cur = json.loads(cur_path.read_text(encoding="utf-8"))
+def kept_mask(run: Path, row_of: dict[str, int], n: int) -> np.ndarray:
+    """(n,) bool: the rows of the train part a finished run kept (its curation.json's kept ids)."""
+    cur = json.loads((run / "curation.json").read_text(encoding="utf-8"))
     kept = np.zeros(n, dtype=bool)
     kept[[row_of[i] for i in cur["kept_ids"]]] = True
-    out = {"kept": kept, "budget": cur["budget"]}
-    states = sorted(glob.glob(str(run / "state" / "curator-*.safetensors")),
-                    key=lambda p: int(Path(p).stem.split("-")[1]))
-    if states:
+    return kept
+
+
+def read_run(run: Path, row_of: dict[str, int], n: int) -> dict | None:
+    from cxrfm import RunDir
+
+    if not (run / "curation.json").exists():
+        return None
+    rd = RunDir(run)
+    out = {"kept": kept_mask(run, row_of, n), "budget": rd.read_curation()["budget"]}
+    if rd.trainer_state.exists():  # the checkpoint's committed curator file (save_checkpoint names it there)
         from safetensors.numpy import load_file
 
-        st = load_file(states[-1])
+        files = json.loads(rd.trainer_state.read_text(encoding="utf-8"))["files"]
+        st = load_file(str(rd.state_dir / files["curator"]))
         if "curator.row_band" in st and len(st["curator.row_band"]) == n:
             out["band"] = st["curator.row_band"].astype(int)
             out["cluster"] = st["curator.row_cluster"].astype(int)
